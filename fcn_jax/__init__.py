@@ -1,0 +1,1 @@
+"""FCN semantic segmentation in JAX/Flax."""
