@@ -1,0 +1,67 @@
+"""Default configuration: every field fcn_jax reads, with what it means.
+
+The other config files start from ``get_config()`` here and change what their
+recipe needs. Any field can be overridden on the command line, e.g.
+``--config.batch_size=16 --config.optimizer.learning_rate=0.01``; an unknown
+field is an error (the ConfigDict is locked).
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "fcn8s"  # fcn32s | fcn16s | fcn8s
+    config.model.num_classes = 21  # 20 VOC classes + background.
+    config.model.geometry = "caffe"  # caffe (exact reference nets) | same (cheaper, aligned)
+    config.model.at_once = False  # FCN-8s "at-once": scale pool4 by 1e-2, pool3 by 1e-4.
+    config.model.base_width = 64  # Width of conv1; VGG-16 is 64. Narrower for demos/tests.
+    config.model.fc_width = 4096  # Channels of fc6/fc7; VGG-16 is 4096.
+    config.model.dropout_rate = 0.5  # After fc6 and fc7.
+    config.model.freeze_upsampling = True  # Keep the bilinear upsampling fixed, as the paper.
+    config.model.fc6_impl = "matmul"  # matmul (faster on XLA CPU) | conv; same numbers.
+    config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "synthetic"  # synthetic (built in, no download)
+    config.dataset.image_size = (96, 96)  # synthetic: (height, width) of every image.
+    config.dataset.normalization = "caffe"  # caffe (BGR - mean) | torch (ImageNet mean/std)
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "validation"
+    config.dataset.eval_batch_size = 8  # Global; the last batch is padded with void pixels.
+    config.dataset.prefetch = 2  # Batches prepared ahead on the host.
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # sgd | adam | adamw
+    config.optimizer.learning_rate = 1e-3  # Peak learning rate.
+    config.optimizer.schedule = "poly"  # constant | poly | cosine
+    config.optimizer.poly_power = 0.9  # poly: lr * (1 - t / T) ** power.
+    config.optimizer.warmup_steps = 0  # Linear warmup from 0 before the schedule.
+    config.optimizer.momentum = 0.9  # sgd only; 0 disables momentum.
+    config.optimizer.nesterov = False  # sgd only.
+    config.optimizer.b1 = 0.9  # adam/adamw.
+    config.optimizer.b2 = 0.999  # adam/adamw.
+    config.optimizer.weight_decay = 5e-4  # On kernels only, never on biases.
+    config.optimizer.bias_lr_mult = 1.0  # Caffe uses 2: biases learn twice as fast.
+    config.optimizer.grad_clip_norm = 0.0  # Clip by global norm when > 0.
+
+    # Loss: softmax cross-entropy ignoring label 255. "mean" averages over the
+    # valid pixels of the global batch; "sum" is Caffe's unnormalised loss.
+    config.loss_reduction = "mean"
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = (-1, 1)  # (data, model); -1 takes all remaining devices.
+    config.mesh.param_sharding = "replicated"  # replicated | model (fc6/fc7 tensor parallel) | fsdp
+
+    config.seed = 0  # Initialisation and dropout.
+    config.batch_size = 8  # Global, over all devices and hosts.
+    config.num_train_steps = 20_000
+    config.log_every_steps = 50
+    config.eval_every_steps = 2_000
+    config.checkpoint_every_steps = 2_000
+    config.keep_checkpoints = 2  # Latest N kept, plus the best by eval mean IoU.
+
+    config.lock()
+    return config

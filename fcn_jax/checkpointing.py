@@ -1,0 +1,119 @@
+"""Orbax checkpoints: ``<workdir>/checkpoints/<step>/{state,config}``.
+
+The train state is the item ``state`` (parameters under ``params``); the
+resolved config sits beside it as JSON, so a checkpoint says what it is. We keep
+the latest ``keep`` checkpoints and the best by eval mean IoU through a combined
+preservation policy (``best_fn`` with ``max_to_keep`` can delete the newest).
+Saving is asynchronous: call ``wait_until_finished()`` before the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+STATE, CONFIG = "state", "config"
+BEST_METRIC = "mean_iou"
+# Fields that fix the parameter shapes: a checkpoint with others cannot be resumed.
+MODEL_FIELDS = ("variant", "num_classes", "geometry", "base_width", "fc_width")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint belongs to another model than the config describes."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def make_manager(workdir: str, keep: int = 2, *, read_only: bool = False) -> ocp.CheckpointManager:
+    policy = cm.AnyPreservationPolicy(
+        [
+            cm.LatestN(n=keep),
+            cm.BestN(
+                get_metric_fn=lambda m: m[BEST_METRIC],
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        enable_async_checkpointing=True,
+        create=not read_only,
+        read_only=read_only,
+    )
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir), options=options, item_names=(STATE, CONFIG)
+    )
+
+
+def save(manager, step: int, state, config, eval_metrics: dict | None = None) -> None:
+    """Starts an asynchronous save; ``eval_metrics`` (with mean_iou) ranks the best."""
+    metrics = None if eval_metrics is None else {BEST_METRIC: float(eval_metrics[BEST_METRIC])}
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config.to_dict())}
+        ),
+        metrics=metrics,
+    )
+
+
+def saved_config(manager, step: int) -> dict:
+    return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[
+        CONFIG
+    ]
+
+
+def check_compatible(manager, step: int, config) -> None:
+    """Raises if the checkpoint at ``step`` holds another model than ``config``."""
+    saved = saved_config(manager, step)["model"]
+    diffs = [
+        f"model.{k}: checkpoint has {saved.get(k)!r}, config has {config.model[k]!r}"
+        for k in MODEL_FIELDS
+        if saved.get(k) != config.model[k]
+    ]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint {step} in {manager.directory} belongs to another model ("
+            + "; ".join(diffs)
+            + "). Use a new --workdir for this config, or set these fields to match."
+        )
+
+
+def resolve_step(manager, which: str) -> int:
+    """'best' (highest eval mean IoU, else latest), 'latest', or a step number."""
+    steps = manager.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}; train first")
+    if which == "latest":
+        return max(steps)
+    if which == "best":
+        ranked = [(m[BEST_METRIC], s) for s in steps if (m := manager.metrics(s))]
+        return max(ranked)[1] if ranked else max(steps)
+    if not str(which).isdigit():
+        raise ValueError(f"--checkpoint={which!r}: use best, latest or a step number")
+    if int(which) not in steps:
+        raise FileNotFoundError(f"no checkpoint {which} in {manager.directory}; have {steps}")
+    return int(which)
+
+
+def restore_state(manager, step: int, abstract_state):
+    """Restores the whole train state onto the shardings in ``abstract_state``."""
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
+    return manager.restore(step, args=args)[STATE]
+
+
+def restore_params(manager, step: int, abstract_params):
+    """Restores only the parameters (no optimizer state) onto the given shardings."""
+    target = {"params": abstract_params}
+    restore = ocp.args.PyTreeRestore(
+        target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
+    args = ocp.args.Composite(**{STATE: restore})
+    return manager.restore(step, args=args)[STATE]["params"]

@@ -1,0 +1,80 @@
+"""What train.py, eval.py and predict.py share: multi-host start-up and error reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import logging as std_logging
+import sys
+import traceback
+
+import jax
+from absl import flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_distributed_flags() -> None:
+    flags.DEFINE_string(
+        "coordinator_address", None, "HOST:PORT of process 0, for several hosts (multi-host)."
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in the run.")
+    flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.")
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
+    """Joins a multi-process run: explicit when given an address, else detected.
+
+    On TPU VMs, SLURM, Open MPI and the other clusters JAX knows, the arguments
+    come from the environment; on a lone machine it stays a single process. CPU
+    collectives between processes go through gloo.
+    """
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+        raise ValueError(
+            "--coordinator_address, --num_processes and --process_id go together; got "
+            f"{coordinator_address!r}, {num_processes!r}, {process_id!r}"
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address is not None:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    else:
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # No cluster detected: one process.
+            if "coordinator_address" not in str(e):
+                raise
+    logging.info(
+        "Process %d of %d; %d local of %d devices (%s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
+    )
+
+
+class _QuietOrbax(std_logging.Filter):
+    """Orbax logs each save step at INFO; keep its warnings and errors only."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def setup() -> None:
+    """Keeps TensorFlow (tf.data only) off the accelerators; starts multi-host JAX."""
+    import tensorflow as tf
+
+    logging.get_absl_handler().addFilter(_QuietOrbax())
+
+    tf.config.set_visible_devices([], "GPU")
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+@contextlib.contextmanager
+def clear_errors():
+    """Bad input ends the program with its message, not a traceback (kept at debug level)."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        logging.debug("%s", traceback.format_exc())
+        sys.exit(f"error: {e}")

@@ -1,0 +1,64 @@
+"""Checks a config before anything runs, so a typo fails in a second with its name."""
+
+from __future__ import annotations
+
+from fcn_jax import input_pipeline, models, normalization, optim, sharding
+
+LOSS_REDUCTIONS = ("mean", "sum")
+_CHOICES = (
+    ("model.variant", models.VARIANTS),
+    ("model.geometry", models.GEOMETRIES),
+    ("model.fc6_impl", models.FC6_IMPLS),
+    ("model.dtype", ("float32", "bfloat16")),
+    ("dataset.name", input_pipeline.DATASETS),
+    ("dataset.normalization", normalization.NORMALIZATIONS),
+    ("optimizer.name", optim.OPTIMIZERS),
+    ("optimizer.schedule", optim.SCHEDULES),
+    ("loss_reduction", LOSS_REDUCTIONS),
+    ("mesh.param_sharding", tuple(sharding.RULE_SETS)),
+)
+_POSITIVE = (
+    "batch_size",
+    "num_train_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "model.num_classes",
+    "model.base_width",
+    "model.fc_width",
+    "dataset.eval_batch_size",
+)
+
+
+def _get(config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def validate_config(config) -> None:
+    """Raises ValueError naming the field, its value and what is allowed."""
+    for field, allowed in _CHOICES:
+        value = _get(config, field)
+        if value not in allowed:
+            raise ValueError(f"config field {field}={value!r} is not one of {allowed}")
+    for field in _POSITIVE:
+        value = _get(config, field)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config field {field}={value!r} must be a positive integer")
+    if config.model.at_once and config.model.variant != "fcn8s":
+        raise ValueError(
+            f"config field model.at_once=True applies to fcn8s, not {config.model.variant!r}"
+        )
+    if not 0 <= config.model.dropout_rate < 1:
+        raise ValueError(
+            f"config field model.dropout_rate={config.model.dropout_rate} not in [0, 1)"
+        )
+    size = tuple(config.dataset.image_size)
+    if len(size) != 2 or min(size) < models.MIN_INPUT_SIZE:
+        raise ValueError(
+            f"config field dataset.image_size={size} must be (height, width), each at least "
+            f"{models.MIN_INPUT_SIZE} pixels (the FCN minimum)"
+        )

@@ -1,0 +1,40 @@
+"""Input normalisation, in one place, matching the backbone's pretrained weights.
+
+Images travel as uint8 from the input pipeline to the device and are normalised
+inside the jitted step: a quarter of the host-to-device bytes of float32, and no
+float work on the host.
+
+  * ``caffe``: BGR, 0-255, minus the per-channel mean of the Caffe VGG-16 /
+    reference FCN nets (fcn.berkeleyvision.org).
+  * ``torch``: RGB scaled to 0-1, minus the ImageNet mean, over its std
+    (torchvision's VGG-16).
+"""
+
+import jax.numpy as jnp
+
+# Per-channel constants in RGB order.
+CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("caffe", "torch")
+
+
+def mean_rgb_uint8(mode: str) -> tuple[int, int, int]:
+    """The mean colour as uint8 RGB: what padding should be so it normalises to ~0."""
+    if mode == "caffe":
+        return tuple(int(round(c)) for c in CAFFE_MEAN_BGR[::-1])
+    if mode == "torch":
+        return tuple(int(round(255 * c)) for c in IMAGENET_MEAN_RGB)
+    raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
+
+
+def normalize(images, mode: str, dtype=jnp.float32):
+    """uint8 RGB [..., 3] -> normalised float ``dtype`` as the backbone expects."""
+    x = jnp.asarray(images).astype(jnp.float32)
+    if mode == "caffe":
+        x = x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+    elif mode == "torch":
+        x = (x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB)) / jnp.asarray(IMAGENET_STD_RGB)
+    else:
+        raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
+    return x.astype(dtype)

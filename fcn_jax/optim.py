@@ -1,0 +1,83 @@
+"""Optimizers and learning-rate schedules from the config (optax).
+
+Caffe conventions are options: weight decay on weights only (never on biases),
+and biases learning twice as fast (``bias_lr_mult=2``). The upsampling layers can
+be frozen at their bilinear initialisation, as in the paper.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from fcn_jax import models
+from fcn_jax.sharding import path_str
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "poly", "cosine")
+
+
+def make_schedule(opt, num_train_steps: int) -> optax.Schedule:
+    """constant | poly (1 - t/T)^power | cosine, after an optional linear warmup."""
+    lr, warmup = opt.learning_rate, opt.warmup_steps
+    decay_steps = max(num_train_steps - warmup, 1)
+    if opt.schedule == "constant":
+        main = optax.constant_schedule(lr)
+    elif opt.schedule == "poly":
+        main = optax.polynomial_schedule(lr, 0.0, opt.poly_power, decay_steps)
+    elif opt.schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, decay_steps)
+    else:
+        raise ValueError(f"optimizer.schedule={opt.schedule!r} is not one of {SCHEDULES}")
+    if warmup <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def _mask(params, predicate):
+    return jax.tree_util.tree_map_with_path(lambda p, _: predicate(path_str(p)), params)
+
+
+def is_weight(path: str) -> bool:
+    return path.endswith("kernel")
+
+
+def is_upsampling(path: str) -> bool:
+    return path.split("/")[0] in models.UPSAMPLE_FACTORS
+
+
+def make_optimizer(opt, num_train_steps: int, freeze_upsampling: bool):
+    """The optax transformation described by ``config.optimizer``."""
+    schedule = make_schedule(opt, num_train_steps)
+    parts = []
+    if opt.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+    if opt.name == "sgd":
+        if opt.weight_decay:
+            parts.append(optax.add_decayed_weights(opt.weight_decay, lambda p: _mask(p, is_weight)))
+        parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+    elif opt.name == "adam":
+        if opt.weight_decay:
+            parts.append(optax.add_decayed_weights(opt.weight_decay, lambda p: _mask(p, is_weight)))
+        parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2))
+    elif opt.name == "adamw":
+        parts.append(
+            optax.adamw(
+                schedule,
+                b1=opt.b1,
+                b2=opt.b2,
+                weight_decay=opt.weight_decay,
+                mask=lambda p: _mask(p, is_weight),
+            )
+        )
+    else:
+        raise ValueError(f"optimizer.name={opt.name!r} is not one of {OPTIMIZERS}")
+    if opt.bias_lr_mult != 1:
+        parts.append(
+            optax.masked(
+                optax.scale(opt.bias_lr_mult), lambda p: _mask(p, lambda s: not is_weight(s))
+            )
+        )
+    if freeze_upsampling:
+        parts.append(optax.masked(optax.set_to_zero(), lambda p: _mask(p, is_upsampling)))
+    return optax.chain(*parts), schedule

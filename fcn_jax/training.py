@@ -1,0 +1,269 @@
+"""Training and evaluation: pure steps compiled once over a device mesh, and the loop.
+
+``train_step(state, batch, rng)`` and ``eval_step(params, batch)`` are pure
+functions; ``compile_steps`` wraps them in ``jax.jit`` with explicit input and
+output shardings (state by the config's rules, batches split over "data") and
+donates the state, so one program serves one device, many, or many hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+
+from fcn_jax import (
+    checkpointing,
+    evaluation,
+    input_pipeline,
+    losses,
+    metrics,
+    models,
+    optim,
+    sharding,
+)
+from fcn_jax.config_lib import validate_config
+from fcn_jax.normalization import normalize
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+def build_model(config) -> models.FCN:
+    m = config.model
+    return models.FCN(
+        variant=m.variant,
+        num_classes=m.num_classes,
+        geometry=m.geometry,
+        at_once=m.at_once,
+        base_width=m.base_width,
+        fc_width=m.fc_width,
+        dropout_rate=m.dropout_rate,
+        fc6_impl=m.fc6_impl,
+        dtype=DTYPES[m.dtype],
+    )
+
+
+def make_init_fn(model: models.FCN, tx):
+    """rng -> TrainState at step 0. Parameters do not depend on the input size."""
+
+    def init(rng):
+        images = jnp.zeros((1, models.MIN_INPUT_SIZE, models.MIN_INPUT_SIZE, 3), jnp.float32)
+        params = model.init(rng, images, train=False)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return init
+
+
+def make_train_step(model: models.FCN, tx, config):
+    normalization, reduction = config.dataset.normalization, config.loss_reduction
+
+    def train_step(state: TrainState, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+        images = normalize(batch["image"], normalization, model.dtype)
+        labels = batch["label"].astype(jnp.int32)
+
+        def loss_fn(params):
+            logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+            loss, num_valid = losses.cross_entropy(logits, labels, reduction=reduction)
+            return loss, (logits, num_valid)
+
+        (loss, (logits, num_valid)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = (jnp.argmax(logits, -1) == labels) & (labels != input_pipeline.VOID)
+        step_metrics = {
+            "loss": loss,
+            "pixel_accuracy": jnp.sum(correct) / jnp.maximum(num_valid, 1.0),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return TrainState(state.step + 1, params, opt_state), step_metrics
+
+    return train_step
+
+
+def make_eval_step(model: models.FCN, config):
+    normalization, num_classes = config.dataset.normalization, config.model.num_classes
+
+    def eval_step(params, batch):
+        images = normalize(batch["image"], normalization, model.dtype)
+        logits = model.apply({"params": params}, images, train=False)
+        return metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), num_classes)
+
+    return eval_step
+
+
+@dataclasses.dataclass
+class Programs:
+    """The jitted functions and the shardings they agree on."""
+
+    mesh: jax.sharding.Mesh
+    state_shardings: Any
+    abstract_state: Any  # ShapeDtypeStructs with shardings: a restore target.
+    init: Any
+    train_step: Any
+    eval_step: Any
+
+
+def compile_steps(config, mesh) -> Programs:
+    model = build_model(config)
+    tx, _ = optim.make_optimizer(
+        config.optimizer, config.num_train_steps, config.model.freeze_upsampling
+    )
+    init = make_init_fn(model, tx)
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    rules = sharding.get_rules(config.mesh.param_sharding)
+    state_sh = sharding.tree_shardings(shapes, mesh, rules)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sh
+    )
+    batch_sh = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    return Programs(
+        mesh=mesh,
+        state_shardings=state_sh,
+        abstract_state=abstract,
+        init=jax.jit(init, out_shardings=state_sh),
+        train_step=jax.jit(
+            make_train_step(model, tx, config),
+            in_shardings=(state_sh, batch_sh, repl),
+            out_shardings=(state_sh, repl),
+            donate_argnums=(0,),
+        ),
+        eval_step=jax.jit(
+            make_eval_step(model, config),
+            in_shardings=(state_sh.params, batch_sh),
+            out_shardings=repl,
+        ),
+    )
+
+
+class _Progress:
+    """steps/s, images/s and ETA over the last logging interval."""
+
+    def __init__(self, start_step: int, total: int, batch_size: int):
+        self.total, self.batch_size = total, batch_size
+        self.last_step, self.last_time = start_step, time.perf_counter()
+
+    def __call__(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        steps_per_sec = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_step, self.last_time = step, now
+        return {
+            "steps_per_sec": steps_per_sec,
+            "images_per_sec": steps_per_sec * self.batch_size,
+            "eta_minutes": (self.total - step) / max(steps_per_sec, 1e-9) / 60,
+        }
+
+
+def _check_finite(step: int, step_metrics, manager) -> None:
+    loss = float(jax.device_get(step_metrics["loss"]))
+    if not np.isfinite(loss):
+        manager.wait_until_finished()
+        last = manager.latest_step()
+        kept = f"the last good checkpoint is step {last}" if last else "no checkpoint was written"
+        raise TrainingDivergedError(
+            f"loss became {loss} at step {step}; training stopped and {kept} "
+            f"(in {manager.directory}). Lower optimizer.learning_rate, add "
+            "optimizer.grad_clip_norm or warmup, and resume."
+        )
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains (resuming from the latest checkpoint in workdir); returns the last eval metrics."""
+    validate_config(config)
+    mesh = sharding.make_mesh(config.mesh.shape)
+    programs = compile_steps(config, mesh)
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
+    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    eval_metrics: dict = {}
+    try:
+        start = manager.latest_step()
+        if start is None:
+            state, start = programs.init(init_rng), 0
+            writer.write_hparams(_flat_hparams(config))
+        else:
+            checkpointing.check_compatible(manager, start, config)
+            state = checkpointing.restore_state(manager, start, programs.abstract_state)
+            logging.info("Resumed from checkpoint %d in %s", start, manager.directory)
+        logging.info(
+            "Training %s (%s geometry, %d parameters) on mesh %s, global batch %d",
+            config.model.variant,
+            config.model.geometry,
+            models.param_count(state.params),
+            dict(mesh.shape),
+            config.batch_size,
+        )
+        batches = input_pipeline.train_iterator(config, start_step=start)
+        progress = _Progress(start, config.num_train_steps, config.batch_size)
+        history, previous = [], None
+        for step in range(start + 1, config.num_train_steps + 1):
+            local = next(batches)
+            input_pipeline.check_labels(local["label"], config.model.num_classes)
+            state, step_metrics = programs.train_step(
+                state, sharding.global_batch(local, mesh), dropout_rng
+            )
+            if previous is not None:  # Check the step before, so the device keeps busy.
+                _check_finite(step - 1, previous, manager)
+            previous = step_metrics
+            history.append(step_metrics)
+            is_last = step == config.num_train_steps
+            if step % config.log_every_steps == 0 or is_last:
+                summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(history)).items()}
+                summary.update(progress(step))
+                writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+                history = []
+            evaluated = None
+            if step % config.eval_every_steps == 0 or is_last:
+                eval_metrics, _ = evaluation.evaluate(programs, state.params, config)
+                evaluated = evaluation.scalar_metrics(eval_metrics)
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in evaluated.items()})
+            if step % config.checkpoint_every_steps == 0 or is_last:
+                _check_finite(step, step_metrics, manager)  # Never save a diverged state.
+                checkpointing.save(manager, step, state, config, evaluated)
+        if previous is not None:
+            _check_finite(config.num_train_steps, previous, manager)
+        return eval_metrics
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+
+
+def _stack(history):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+
+
+def _flat_hparams(config) -> dict:
+    flat = {}
+
+    def walk(prefix, d):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                flat[f"{prefix}{k}"] = str(v) if isinstance(v, (tuple, list)) else v
+
+    walk("", config.to_dict())
+    return flat
