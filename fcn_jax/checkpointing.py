@@ -4,6 +4,8 @@ The train state is the item ``state`` (parameters under ``params``); the
 resolved config sits beside it as JSON, so a checkpoint says what it is. We keep
 the latest ``keep`` checkpoints and the best by eval mean IoU through a combined
 preservation policy (``best_fn`` with ``max_to_keep`` can delete the newest).
+Each save is written to a temporary directory and renamed when complete, so a
+crash never leaves a half-written checkpoint that resume would pick up.
 Saving is asynchronous: call ``wait_until_finished()`` before the process exits.
 """
 
@@ -41,6 +43,10 @@ def make_manager(workdir: str, keep: int = 2, *, read_only: bool = False) -> ocp
     )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
+        # best_fn alone makes orbax write the metrics to disk, so "best" survives restarts.
+        best_fn=lambda m: m[BEST_METRIC],
+        best_mode="max",
+        save_interval_steps=0 if read_only else 1,
         enable_async_checkpointing=True,
         create=not read_only,
         read_only=read_only,
@@ -92,8 +98,8 @@ def resolve_step(manager, which: str) -> int:
     if which == "latest":
         return max(steps)
     if which == "best":
-        ranked = [(m[BEST_METRIC], s) for s in steps if (m := manager.metrics(s))]
-        return max(ranked)[1] if ranked else max(steps)
+        best = manager.best_step()  # None when no checkpoint has eval metrics.
+        return max(steps) if best is None else best
     if not str(which).isdigit():
         raise ValueError(f"--checkpoint={which!r}: use best, latest or a step number")
     if int(which) not in steps:

@@ -55,11 +55,14 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
                 f"mesh.shape {tuple(shape)}: {len(devices)} devices do not divide by {known}"
             )
         shape[shape.index(-1)] = len(devices) // known
-    if math.prod(shape) != len(devices):
+    size = math.prod(shape)
+    if size > len(devices) or (size < len(devices) and jax.process_count() > 1):
         raise ValueError(
-            f"mesh.shape {tuple(shape)} needs {math.prod(shape)} devices, but {len(devices)} "
-            "are visible; use -1 for the data axis to take them all"
+            f"mesh.shape {tuple(shape)} needs {size} devices, but {len(devices)} are visible"
+            f"{' (all must be used on several hosts)' if size < len(devices) else ''}; "
+            "use -1 for the data axis to take them all"
         )
+    devices = devices[:size]  # One host may leave devices idle, e.g. to compare runs.
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 

@@ -1,0 +1,196 @@
+"""Train/eval steps over device meshes, checkpoints, resume, and bad input."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from fcn_jax import checkpointing, evaluation, input_pipeline, sharding, training
+
+
+def mesh_of(shape, num_devices):
+    return sharding.make_mesh(shape, devices=jax.devices()[:num_devices])
+
+
+def run_steps(config, mesh, num_steps=2):
+    programs = training.compile_steps(config, mesh)
+    state = programs.init(jax.random.key(0))
+    batches = input_pipeline.train_iterator(config)
+    for _ in range(num_steps):
+        state, step_metrics = programs.train_step(
+            state, sharding.global_batch(next(batches), mesh), jax.random.key(1)
+        )
+    return state, jax.device_get(step_metrics)
+
+
+@pytest.mark.parametrize(
+    "mesh_shape, rules",
+    [((8, 1), "replicated"), ((4, 2), "model"), ((8, 1), "fsdp")],
+)
+def test_sharded_train_steps_match_one_device(tiny_config, mesh_shape, rules):
+    config = tiny_config(mesh__param_sharding=rules)
+    ref_state, ref_metrics = run_steps(config, mesh_of((1, 1), 1))
+    state, step_metrics = run_steps(config, mesh_of(mesh_shape, 8))
+    fc6 = state.params["fc6"]["kernel"].sharding
+    if rules == "replicated":
+        assert fc6.is_fully_replicated
+    else:
+        assert fc6.spec == sharding.get_rules(rules)[0][1]
+    np.testing.assert_allclose(step_metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+        jax.device_get(state.params),
+        jax.device_get(ref_state.params),
+    )
+    assert int(state.step) == 2
+
+
+def test_param_sharding_rules_place_fc6_and_fc7(tiny_config):
+    config = tiny_config(mesh__param_sharding="model")
+    programs = training.compile_steps(config, mesh_of((4, 2), 8))
+    sh = programs.state_shardings.params
+    assert sh["fc6"]["kernel"].spec == P(None, None, None, "model")
+    assert sh["fc7"]["kernel"].spec == P(None, None, "model", None)
+    assert sh["conv1_1"]["kernel"].spec == P()
+    # The optimizer state mirrors the parameter paths and is sharded alike.
+    opt_specs = {
+        sharding.path_str(path): s.spec
+        for path, s in jax.tree_util.tree_leaves_with_path(programs.state_shardings.opt_state)
+    }
+    fc6_moments = [spec for name, spec in opt_specs.items() if name.endswith("fc6/kernel")]
+    assert fc6_moments and all(spec == P(None, None, None, "model") for spec in fc6_moments)
+
+
+def test_sharding_rule_that_does_not_divide_is_rejected(tiny_config):
+    config = tiny_config(mesh__param_sharding="fsdp", model__fc_width=12)
+    with pytest.raises(ValueError, match=r"cannot shard params/fc6/.*does not divide by the 8 devices"):
+        training.compile_steps(config, mesh_of((8, 1), 8))
+
+
+def test_eval_confusion_matrix_is_the_same_on_8_devices(tiny_config):
+    config = tiny_config()
+    results = []
+    for shape, n in (((1, 1), 1), ((8, 1), 8)):
+        programs = training.compile_steps(config, mesh_of(shape, n))
+        state = programs.init(jax.random.key(0))
+        results.append(evaluation.evaluate(programs, state.params, config)[1])
+    np.testing.assert_array_equal(results[0], results[1])
+    size = config.dataset.image_size
+    assert results[0].sum() <= 256 * size[0] * size[1]  # Void pixels are left out.
+    assert results[0].sum() > 0.8 * 256 * size[0] * size[1]
+
+
+def train(config, workdir):
+    return training.train_and_evaluate(config, str(workdir))
+
+
+def saved_params(workdir, step):
+    manager = checkpointing.make_manager(str(workdir), read_only=True)
+    try:
+        restored = manager.restore(
+            step, args=checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore())
+        )
+        return jax.device_get(restored["state"]["params"])
+    finally:
+        manager.close()
+
+
+def test_resume_continues_exactly_where_training_stopped(tiny_config, tmp_path):
+    config = tiny_config(num_train_steps=4)
+    train(config, tmp_path / "a")
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["2", "4"]
+    # A run killed after saving step 2: resuming it must reach the same step 4.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+    train(config, tmp_path / "b")
+    a, b = saved_params(tmp_path / "a", 4), saved_params(tmp_path / "b", 4)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
+    saved = json.loads((tmp_path / "a" / "checkpoints" / "4" / "config" / "metadata").read_text())
+    assert saved["model"]["num_classes"] == config.model.num_classes
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "a"))
+
+
+def test_restore_onto_another_mesh_gives_the_same_metrics(tiny_config, tmp_path):
+    config = tiny_config(num_train_steps=2)
+    last = train(config, tmp_path)
+    out = tmp_path / "eval.json"
+    other = tiny_config(mesh__shape=(4, 2), mesh__param_sharding="model")
+    eval_metrics, cm, step = evaluation.evaluate_checkpoint(other, str(tmp_path), "latest", str(out))
+    assert step == 2
+    assert eval_metrics["mean_iou"] == pytest.approx(last["mean_iou"], rel=1e-6)
+    report = json.loads(out.read_text())
+    assert report["step"] == 2 and report["split"] == "validation"
+    assert np.array_equal(np.asarray(report["confusion_matrix"]), cm)
+    for key in ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "fw_iou", "iou", "accuracy"):
+        assert key in report
+    assert len(report["iou"]) == config.model.num_classes
+
+
+def _fake_state(value):
+    return {"w": np.full((2,), value, np.float32)}
+
+
+def test_checkpoints_keep_latest_and_best_never_evicting_the_newest(tmp_path, tiny_config):
+    config = tiny_config()
+    manager = checkpointing.make_manager(str(tmp_path), keep=2)
+    for step, miou in zip(range(1, 6), [0.1, 0.9, 0.2, 0.3, 0.4]):
+        checkpointing.save(manager, step, _fake_state(step), config, {"mean_iou": miou})
+        manager.wait_until_finished()
+    checkpointing.save(manager, 6, _fake_state(6), config, None)  # No eval at this step.
+    manager.wait_until_finished()
+    manager.close()
+    # A new manager (as after a restart) still knows the metrics, and keeps the best.
+    manager = checkpointing.make_manager(str(tmp_path), keep=2)
+    checkpointing.save(manager, 7, _fake_state(7), config, {"mean_iou": 0.5})
+    manager.wait_until_finished()
+    assert sorted(manager.all_steps()) == [2, 6, 7]
+    manager.close()
+    manager = checkpointing.make_manager(str(tmp_path), keep=2, read_only=True)
+    assert sorted(manager.all_steps()) == [2, 6, 7]
+    assert checkpointing.resolve_step(manager, "best") == 2
+    assert checkpointing.resolve_step(manager, "latest") == 7
+    assert checkpointing.resolve_step(manager, "6") == 6
+    with pytest.raises(FileNotFoundError, match="no checkpoint 3"):
+        checkpointing.resolve_step(manager, "3")
+    with pytest.raises(ValueError, match="best, latest or a step"):
+        checkpointing.resolve_step(manager, "newest")
+
+
+def test_resuming_a_workdir_of_another_model_is_refused(tiny_config, tmp_path):
+    train(tiny_config(num_train_steps=2), tmp_path)
+    with pytest.raises(checkpointing.CheckpointMismatchError, match=r"model.num_classes"):
+        train(tiny_config(num_train_steps=4, model__num_classes=5), tmp_path)
+    with pytest.raises(checkpointing.CheckpointMismatchError, match=r"model.variant"):
+        train(tiny_config(num_train_steps=4, model__variant="fcn16s"), tmp_path)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # Nothing overwritten.
+
+
+def test_eval_without_checkpoint_says_train_first(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train first"):
+        evaluation.evaluate_checkpoint(tiny_config(), str(tmp_path))
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+    train(tiny_config(num_train_steps=2), tmp_path)
+    bad = tiny_config(num_train_steps=6, optimizer__learning_rate=float("inf"))
+    with pytest.raises(training.TrainingDivergedError, match=r"last good checkpoint is step 2"):
+        train(bad, tmp_path)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    params = saved_params(tmp_path, 2)
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def test_labels_outside_the_classes_are_reported_by_value(tiny_config, tmp_path):
+    # The synthetic data has classes 0..3; a 3-class model cannot take label 3.
+    with pytest.raises(ValueError, match=r"label value 3 found"):
+        train(tiny_config(model__num_classes=3), tmp_path)
+
+
+def test_check_labels_accepts_void_and_names_bad_values():
+    input_pipeline.check_labels(np.array([[0, 20, 255]], np.uint8), 21)
+    with pytest.raises(ValueError, match=r"label value 21 found \(1 pixels; all bad values: \[21, 254\]"):
+        input_pipeline.check_labels(np.array([[0, 21, 254, 255]], np.uint8), 21)
