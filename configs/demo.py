@@ -23,7 +23,7 @@ def get_config():
     config.model.freeze_upsampling = False
 
     config.dataset.name = "synthetic"
-    config.dataset.image_size = (96, 96)
+    config.dataset.image_size = (64, 64)
     config.dataset.normalization = "torch"
     config.dataset.eval_batch_size = 32
 
@@ -34,8 +34,8 @@ def get_config():
     config.optimizer.weight_decay = 0.0
 
     config.batch_size = 16
-    config.num_train_steps = 2_000
+    config.num_train_steps = 2_400
     config.log_every_steps = 50
-    config.eval_every_steps = 500
-    config.checkpoint_every_steps = 500
+    config.eval_every_steps = 600
+    config.checkpoint_every_steps = 600
     return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import logging as std_logging
 import sys
 import traceback
@@ -68,6 +69,23 @@ def setup() -> None:
 
     tf.config.set_visible_devices([], "GPU")
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+def parse_flags(argv):
+    """absl's parser, with a one-line error for an unknown or mistyped config field."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections: no such config field.
+        text = str(e)
+        name = re.search(r"(\w+)\\?'", text)
+        hint = re.search(r'Did you mean "(\w+)"', text)
+        sys.exit(
+            f"error: unknown config field {name.group(1) if name else text!r}"
+            + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
+            + "; see configs/default.py for every field."
+        )
+    except flags.Error as e:
+        sys.exit(f"error: {e}. Pass --help for the flags.")
 
 
 @contextlib.contextmanager

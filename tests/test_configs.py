@@ -1,0 +1,54 @@
+"""Every config file loads, describes a valid model, and carries a runbook docstring."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fcn_jax import models, training
+from fcn_jax.config_lib import validate_config
+from tests.test_models import PARAM_COUNTS
+
+CONFIGS = ("default", "demo", "fcn32s", "fcn16s", "fcn8s")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_its_model(name):
+    module = importlib.import_module(f"configs.{name}")
+    config = module.get_config()
+    model = training.build_model(config)
+    variables = jax.eval_shape(
+        lambda k: model.init(k, jnp.zeros((1, 64, 64, 3)), train=False), jax.random.key(0)
+    )
+    count = models.param_count(variables["params"])
+    if name in PARAM_COUNTS:
+        assert config.model.variant == name
+        assert count == PARAM_COUNTS[name]
+    if name != "default":
+        assert "python train.py --config=configs/" in module.__doc__
+        assert "Expected" in module.__doc__
+
+
+def test_demo_config_is_valid_as_shipped():
+    from configs import demo
+
+    validate_config(demo.get_config())
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("variant", "fcn4s", "model.variant='fcn4s' is not one of"),
+        ("geometry", "full", "model.geometry='full' is not one of"),
+        ("dtype", "float16", "model.dtype='float16' is not one of"),
+        ("num_classes", 0, "model.num_classes=0 must be a positive integer"),
+    ],
+)
+def test_validation_names_the_bad_field(field, value, message):
+    from configs import demo
+
+    config = demo.get_config()
+    config.model[field] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        validate_config(config)
