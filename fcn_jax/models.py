@@ -85,6 +85,11 @@ class Upsample(nn.Module):
     ConvTranspose2d: input cell i adds ``x[i] * kernel[k]`` to output ``i*f + k``.
     The kernel is stored (kH, kW, in, out); a PyTorch weight (in, out, kH, kW)
     converts by a transpose alone, without a spatial flip.
+
+    Computed as f*f phase convolutions of 2x2 taps (output ``q*f + r`` sees
+    ``x[q] * k[r] + x[q-1] * k[r+f]``) followed by depth-to-space: the same result
+    as a dilated convolution, without multiplying the (f*f - 1) inserted zeros
+    (64x fewer FLOPs for x8, 1024x for x32).
     """
 
     features: int
@@ -99,16 +104,22 @@ class Upsample(nn.Module):
                 raise ValueError(f"bilinear init needs in == out channels, got {shape}")
             return jnp.asarray(bilinear_kernel(self.factor, shape[2]), dtype)
 
-        size = 2 * self.factor
-        kernel = self.param("kernel", init, (size, size, x.shape[-1], self.features))
-        # lax.conv_transpose correlates the dilated input; flipping the kernel gives scatter.
-        return jax.lax.conv_transpose(
-            x.astype(self.dtype),
-            jnp.flip(kernel, (0, 1)).astype(self.dtype),
-            strides=(self.factor, self.factor),
-            padding="VALID",
+        f, cin = self.factor, x.shape[-1]
+        kernel = self.param("kernel", init, (2 * f, 2 * f, cin, self.features))
+        # taps[t, u, cin, ry, rx, cout] = kernel[ry + f*(1-t), rx + f*(1-u), cin, cout]
+        k = kernel.reshape(2, f, 2, f, cin, self.features)[::-1, :, ::-1]
+        taps = k.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, f * f * self.features)
+        x = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        y = jax.lax.conv_general_dilated(
+            x,
+            taps.astype(self.dtype),
+            (1, 1),
+            "VALID",
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
+        n, h, w, _ = y.shape  # h = input height + 1: output rows q*f + r, q in 0..h-1.
+        y = y.reshape(n, h, w, f, f, self.features).transpose(0, 1, 3, 2, 4, 5)
+        return y.reshape(n, h * f, w * f, self.features)
 
 
 class FC6(nn.Module):

@@ -219,3 +219,16 @@ def test_input_below_minimum_is_rejected(shape):
 def test_non_rgb_input_is_rejected():
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
         small().init(jax.random.key(0), jnp.zeros((1, 64, 64)), train=False)
+
+
+@pytest.mark.parametrize("factor", [2, 8, 32])
+def test_upsample_equals_the_dilated_transposed_convolution(factor):
+    rng = np.random.default_rng(factor)
+    x = jnp.asarray(rng.normal(size=(2, 3, 5, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(2 * factor, 2 * factor, 4, 4)), jnp.float32)
+    y = models.Upsample(4, factor).apply({"params": {"kernel": w}}, x)
+    reference = jax.lax.conv_transpose(
+        x, jnp.flip(w, (0, 1)), (factor, factor), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    assert y.shape == reference.shape == (2, (3 + 1) * factor, (5 + 1) * factor, 4)
+    np.testing.assert_allclose(y, reference, rtol=1e-4, atol=1e-4)
