@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import logging as std_logging
+import re
 import sys
 import traceback
 

@@ -3,6 +3,7 @@
 XLA reads XLA_FLAGS when the backend starts, so this runs before any test
 imports jax. Single-device tests build their own one-device mesh.
 """
+
 import os
 import pathlib
 import sys

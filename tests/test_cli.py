@@ -77,7 +77,10 @@ def test_demo_trains_and_evaluates_through_the_cli(tmp_path):
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--config.model.varaint=fcn8s", 'unknown config field \'varaint\' (did you mean "variant"?)'),
+        (
+            "--config.model.varaint=fcn8s",
+            "unknown config field 'varaint' (did you mean \"variant\"?)",
+        ),
         ("--config.model.variant=fcn9s", "model.variant='fcn9s' is not one of"),
         ("--config.model.geometry=valid", "model.geometry='valid' is not one of"),
         ("--config.dataset.image_size=(16,16)", "at least 32 pixels"),

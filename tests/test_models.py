@@ -14,9 +14,7 @@ PARAM_COUNTS = {"fcn32s": 136_152_917, "fcn16s": 134_815_994, "fcn8s": 134_489_7
 
 
 def abstract_init(model, shape=(1, 64, 64, 3)):
-    return jax.eval_shape(
-        lambda k: model.init(k, jnp.zeros(shape), train=False), jax.random.key(0)
-    )
+    return jax.eval_shape(lambda k: model.init(k, jnp.zeros(shape), train=False), jax.random.key(0))
 
 
 def small(variant="fcn8s", geometry="same", **kw):
@@ -228,7 +226,11 @@ def test_upsample_equals_the_dilated_transposed_convolution(factor):
     w = jnp.asarray(rng.normal(size=(2 * factor, 2 * factor, 4, 4)), jnp.float32)
     y = models.Upsample(4, factor).apply({"params": {"kernel": w}}, x)
     reference = jax.lax.conv_transpose(
-        x, jnp.flip(w, (0, 1)), (factor, factor), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x,
+        jnp.flip(w, (0, 1)),
+        (factor, factor),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     assert y.shape == reference.shape == (2, (3 + 1) * factor, (5 + 1) * factor, 4)
     np.testing.assert_allclose(y, reference, rtol=1e-4, atol=1e-4)

@@ -84,9 +84,7 @@ def test_schedules_with_warmup(schedule, at_half):
     assert float(lr(60)) == pytest.approx(at_half, rel=1e-4)
 
 
-@pytest.mark.parametrize(
-    "field, value", [("name", "lamb"), ("schedule", "step")]
-)
+@pytest.mark.parametrize("field, value", [("name", "lamb"), ("schedule", "step")])
 def test_unknown_optimizer_or_schedule_is_named(field, value):
     opt = opt_config(**{field: value})
     with pytest.raises(ValueError, match=f"optimizer.{field}={value!r}"):

@@ -67,7 +67,9 @@ def test_param_sharding_rules_place_fc6_and_fc7(tiny_config):
 
 def test_sharding_rule_that_does_not_divide_is_rejected(tiny_config):
     config = tiny_config(mesh__param_sharding="fsdp", model__fc_width=12)
-    with pytest.raises(ValueError, match=r"cannot shard params/fc6/.*does not divide by the 8 devices"):
+    with pytest.raises(
+        ValueError, match=r"cannot shard params/fc6/.*does not divide by the 8 devices"
+    ):
         training.compile_steps(config, mesh_of((8, 1), 8))
 
 
@@ -92,7 +94,8 @@ def saved_params(workdir, step):
     manager = checkpointing.make_manager(str(workdir), read_only=True)
     try:
         restored = manager.restore(
-            step, args=checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore())
+            step,
+            args=checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore()),
         )
         return jax.device_get(restored["state"]["params"])
     finally:
@@ -119,7 +122,9 @@ def test_restore_onto_another_mesh_gives_the_same_metrics(tiny_config, tmp_path)
     last = train(config, tmp_path)
     out = tmp_path / "eval.json"
     other = tiny_config(mesh__shape=(4, 2), mesh__param_sharding="model")
-    eval_metrics, cm, step = evaluation.evaluate_checkpoint(other, str(tmp_path), "latest", str(out))
+    eval_metrics, cm, step = evaluation.evaluate_checkpoint(
+        other, str(tmp_path), "latest", str(out)
+    )
     assert step == 2
     assert eval_metrics["mean_iou"] == pytest.approx(last["mean_iou"], rel=1e-6)
     report = json.loads(out.read_text())
@@ -192,5 +197,7 @@ def test_labels_outside_the_classes_are_reported_by_value(tiny_config, tmp_path)
 
 def test_check_labels_accepts_void_and_names_bad_values():
     input_pipeline.check_labels(np.array([[0, 20, 255]], np.uint8), 21)
-    with pytest.raises(ValueError, match=r"label value 21 found \(1 pixels; all bad values: \[21, 254\]"):
+    with pytest.raises(
+        ValueError, match=r"label value 21 found \(1 pixels; all bad values: \[21, 254\]"
+    ):
         input_pipeline.check_labels(np.array([[0, 21, 254, 255]], np.uint8), 21)
