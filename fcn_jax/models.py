@@ -17,6 +17,7 @@ Both return logits of exactly the input's height and width.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -78,6 +79,74 @@ def bilinear_kernel(factor: int, channels: int) -> np.ndarray:
     return kernel
 
 
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x, kernel, padding: int):
+    pads = ((padding, padding), (padding, padding))
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_im2col_grad(x, kernel, padding: int):
+    return _xla_conv(x, kernel, padding)
+
+
+def _conv_fwd(x, kernel, padding):
+    return _xla_conv(x, kernel, padding), (x, kernel)
+
+
+def _conv_bwd(padding, residuals, g):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, padding), x)
+    (dx,) = input_vjp(g)
+    kh, kw, cin, cout = kernel.shape
+    _, ho, wo, _ = g.shape
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    patches = jnp.concatenate(
+        [xp[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)], axis=-1
+    )
+    dk = jnp.matmul(
+        patches.reshape(-1, kh * kw * cin).T,
+        g.reshape(-1, cout),
+        preferred_element_type=jnp.float32,
+    )
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_conv_im2col_grad.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv2d(x, kernel, padding: int):
+    """Stride-1 NHWC convolution with symmetric zero padding.
+
+    On CPU its kernel gradient is one im2col matmul: XLA's CPU backward-filter
+    convolution runs at 5-40 GFLOP/s on VGG's shapes, the matmul near peak
+    (3.5x faster fwd+bwd for conv1_2 at 422x422). Other backends use XLA's own.
+    """
+    if jax.default_backend() == "cpu":
+        return _conv_im2col_grad(x, kernel, padding)
+    return _xla_conv(x, kernel, padding)
+
+
+class Conv(nn.Module):
+    """A k x k convolution with bias (parameters ``kernel`` (k, k, in, out), ``bias``)."""
+
+    features: int
+    kernel_size: int
+    padding: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = _he_init
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
+        return y + bias.astype(self.dtype)
+
+
 class Upsample(nn.Module):
     """Transposed convolution without bias: kernel 2f, stride f, no padding.
 
@@ -115,7 +184,7 @@ class Upsample(nn.Module):
             taps.astype(self.dtype),
             (1, 1),
             "VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            dimension_numbers=_DIMS,
         )
         n, h, w, _ = y.shape  # h = input height + 1: output rows q*f + r, q in 0..h-1.
         y = y.reshape(n, h, w, f, f, self.features).transpose(0, 1, 3, 2, 4, 5)
@@ -144,9 +213,7 @@ class FC6(nn.Module):
         kernel = kernel.astype(self.dtype)
         p = self.padding
         if self.impl == "conv":
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            y = conv2d(x, kernel, p)
         else:
             x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
             h, w = x.shape[1] - 6, x.shape[2] - 6
@@ -204,15 +271,7 @@ class FCN(nn.Module):
         caffe = self.geometry == "caffe"
 
         def conv(name, features, kernel_size, pad, kernel_init=_he_init):
-            return nn.Conv(
-                features,
-                (kernel_size, kernel_size),
-                padding=((pad, pad), (pad, pad)),
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=kernel_init,
-                name=name,
-            )
+            return Conv(features, kernel_size, pad, self.dtype, kernel_init, name=name)
 
         x = images.astype(self.dtype)
         pools = {}

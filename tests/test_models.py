@@ -234,3 +234,24 @@ def test_upsample_equals_the_dilated_transposed_convolution(factor):
     )
     assert y.shape == reference.shape == (2, (3 + 1) * factor, (5 + 1) * factor, 4)
     np.testing.assert_allclose(y, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k, padding", [(3, 1), (3, 5), (1, 0), (7, 0), (7, 3)])
+def test_conv2d_gradients_equal_xla_convolution(k, padding):
+    """The CPU path computes the kernel gradient by im2col; it must equal XLA's."""
+    rng = np.random.default_rng(k + padding)
+    x = jnp.asarray(rng.normal(size=(2, 9, 11, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    reference = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), ((padding, padding),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    ours = lambda x, w: models.conv2d(x, w, padding)  # noqa: E731
+    np.testing.assert_allclose(ours(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
+    for a, b in zip(
+        jax.grad(loss(ours), argnums=(0, 1))(x, w), jax.grad(loss(reference), argnums=(0, 1))(x, w)
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
