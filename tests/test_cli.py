@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import checkpointing
+from fcn_jax import checkpointing, sharding, training
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -100,16 +100,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def restored_params(workdir):
+def restored_params(workdir, config):
+    """The latest parameters, restored onto one device whatever mesh saved them."""
+    programs = training.compile_steps(config, sharding.make_mesh((1, 1)))
     manager = checkpointing.make_manager(str(workdir), read_only=True)
     try:
-        args = checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore())
-        return jax.device_get(manager.restore(manager.latest_step(), args=args)["state"]["params"])
+        step = manager.latest_step()
+        params = checkpointing.restore_params(manager, step, programs.abstract_state.params)
+        return jax.device_get(params)
     finally:
         manager.close()
 
 
-def test_two_processes_train_like_one(tmp_path):
+def test_two_processes_train_like_one(tmp_path, tiny_config):
     """Two processes on 127.0.0.1 (gloo, 2 CPU devices each) == one process with 4."""
     args = [*TINY, "--config.dataset.eval_batch_size=16"]
     single = run("train.py", *args, f"--workdir={tmp_path / 'one'}", devices=4)
@@ -140,7 +143,9 @@ def test_two_processes_train_like_one(tmp_path):
         assert p.returncode == 0, out[-3000:]
     assert "Process 1 of 2; 2 local of 4 devices" in outputs[1]
 
-    one, two = restored_params(tmp_path / "one"), restored_params(tmp_path / "two")
+    config = tiny_config()  # The same model as TINY.
+    one = restored_params(tmp_path / "one", config)
+    two = restored_params(tmp_path / "two", config)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), one, two)
     moved = jax.tree.leaves(jax.tree.map(lambda a: float(np.abs(a).max()), one))
     assert max(moved) > 0
