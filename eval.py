@@ -6,26 +6,20 @@ the current devices, which may differ from those that trained it, evaluates
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from fcn_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory holding checkpoints/ from train.py.")
+cli.define_flags("Directory holding checkpoints/ from train.py.")
 flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
 flags.DEFINE_string("output_json", None, "Also write the metrics to this JSON file.")
-flags.mark_flags_as_required(["config", "workdir"])
-cli.define_distributed_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.setup()
-    from fcn_jax import evaluation  # After jax.distributed.initialize.
-
     with cli.clear_errors():
+        cli.setup(argv)
+        from fcn_jax import evaluation  # After jax.distributed.initialize.
+
         evaluation.evaluate_checkpoint(
             FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.output_json
         )

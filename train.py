@@ -7,24 +7,18 @@ command (on TPU VMs and detected clusters nothing more is needed; elsewhere add
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from fcn_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
-flags.mark_flags_as_required(["config", "workdir"])
-cli.define_distributed_flags()
+cli.define_flags("Directory for checkpoints and TensorBoard logs.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.setup()
-    from fcn_jax import training  # After jax.distributed.initialize.
-
     with cli.clear_errors():
+        cli.setup(argv)
+        from fcn_jax import training  # After jax.distributed.initialize.
+
         training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

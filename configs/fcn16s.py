@@ -1,42 +1,18 @@
-"""FCN-16s on PASCAL VOC 2012 + SBD: the batched recipe.
+"""FCN-16s on PASCAL VOC 2012 + SBD: the batched recipe of configs/fcn8s.py.
 
     python train.py --config=configs/fcn16s.py --workdir=/tmp/fcn16s
     python eval.py --config=configs/fcn16s.py --workdir=/tmp/fcn16s
 
-Data: train on train_aug (VOC 2012 train + SBD, 10,582 images), evaluate on VOC
-2012 val (1,449), with 512x512 random crops; the `voc_sbd` dataset comes with
-the VOC/SBD builder (until it lands, dataset.name='voc_sbd' is refused at start).
-Model: FCN-16s, `same` geometry, bfloat16 compute, SGD momentum 0.9 with a poly
-schedule over 30k steps of 16 images (~45 epochs).
+Data and optimisation as configs/fcn8s.py (train_aug -> VOC 2012 val, 512x512
+crops, bfloat16, SGD momentum 0.9, poly schedule, 30k steps of 16 images).
 Expected: about 64 mean IoU on VOC 2012 val from ImageNet VGG-16 weights
 (the paper's converted Caffe FCN-16s scores 65.0 on seg11valid).
 """
 
-from configs import default
+from configs import fcn8s
 
 
 def get_config():
-    config = default.get_config()
+    config = fcn8s.get_config()
     config.model.variant = "fcn16s"
-    config.model.num_classes = 21
-    config.model.geometry = "same"
-    config.model.dtype = "bfloat16"
-
-    config.dataset.name = "voc_sbd"
-    config.dataset.train_split = "train_aug"
-    config.dataset.eval_split = "voc_val"
-    config.dataset.image_size = (512, 512)
-    config.dataset.normalization = "caffe"
-
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.momentum = 0.9
-    config.optimizer.schedule = "poly"
-    config.optimizer.warmup_steps = 500
-    config.optimizer.weight_decay = 5e-4
-
-    config.batch_size = 16
-    config.num_train_steps = 30_000
-    config.eval_every_steps = 3_000
-    config.checkpoint_every_steps = 3_000
     return config

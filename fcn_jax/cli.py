@@ -1,4 +1,4 @@
-"""What train.py, eval.py and predict.py share: multi-host start-up and error reporting."""
+"""What the entry points (train.py, eval.py) share: flags, multi-host start-up, errors."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import sys
 import traceback
 
 import jax
-from absl import flags, logging
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 
 
-def define_distributed_flags() -> None:
+def define_flags(workdir_help: str) -> None:
+    """--config, --workdir and the multi-host flags, shared by the entry points."""
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+    flags.DEFINE_string("workdir", None, workdir_help)
+    flags.mark_flags_as_required(["config", "workdir"])
     flags.DEFINE_string(
         "coordinator_address", None, "HOST:PORT of process 0, for several hosts (multi-host)."
     )
@@ -61,8 +66,10 @@ class _QuietOrbax(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
-def setup() -> None:
+def setup(argv) -> None:
     """Keeps TensorFlow (tf.data only) off the accelerators; starts multi-host JAX."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import tensorflow as tf
 
     logging.get_absl_handler().addFilter(_QuietOrbax())
@@ -85,7 +92,7 @@ def parse_flags(argv):
             + "; see configs/default.py for every field."
         )
     except flags.Error as e:
-        sys.exit(f"error: {e}. Pass --help for the flags.")
+        sys.exit(f"error: {str(e).rstrip('.')}. Pass --help for the flags.")
 
 
 @contextlib.contextmanager
