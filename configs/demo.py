@@ -34,8 +34,8 @@ def get_config():
     config.optimizer.weight_decay = 0.0
 
     config.batch_size = 16
-    config.num_train_steps = 2_400
+    config.num_train_steps = 2_000
     config.log_every_steps = 50
-    config.eval_every_steps = 600
-    config.checkpoint_every_steps = 600
+    config.eval_every_steps = 500
+    config.checkpoint_every_steps = 500
     return config
