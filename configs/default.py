@@ -25,11 +25,24 @@ def get_config():
     config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
 
     config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "synthetic"  # synthetic (built in, no download)
+    # synthetic (built in, no download) | voc_sbd (PASCAL VOC 2012 + SBD, TFDS) |
+    # folder (your data in VOC layout under data_dir).
+    config.dataset.name = "synthetic"
+    config.dataset.data_dir = (
+        ""  # voc_sbd: TFDS data_dir ("" = ~/tensorflow_datasets); folder: root.
+    )
+    config.dataset.manual_dir = ""  # voc_sbd: archives or extracted folders to prepare from.
+    config.dataset.train_split = "train"  # voc_sbd: train_aug | voc_train | sbd_train | ...
+    config.dataset.eval_split = "validation"  # voc_sbd: voc_val | seg11valid | ...
+    config.dataset.class_names = ()  # folder: class names in index order (optional).
     config.dataset.image_size = (96, 96)  # synthetic: (height, width) of every image.
+    config.dataset.crop_size = (512, 512)  # voc_sbd/folder: training crop (height, width).
+    config.dataset.scale_range = (0.5, 2.0)  # Random scale before cropping.
+    config.dataset.flip = True  # Random horizontal flip.
+    config.dataset.color_jitter = 0.0  # Brightness/contrast jitter strength; 0 = off.
+    config.dataset.eval_pad_size = (512, 512)  # Eval images padded (label 255) to this size.
+    config.dataset.cache = True  # Keep the encoded training split in host memory.
     config.dataset.normalization = "caffe"  # caffe (BGR - mean) | torch (ImageNet mean/std)
-    config.dataset.train_split = "train"
-    config.dataset.eval_split = "validation"
     config.dataset.eval_batch_size = 8  # Global; the last batch is padded with void pixels.
     config.dataset.prefetch = 2  # Batches prepared ahead on the host.
 

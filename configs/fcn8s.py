@@ -26,7 +26,7 @@ def get_config():
     config.dataset.name = "voc_sbd"
     config.dataset.train_split = "train_aug"
     config.dataset.eval_split = "voc_val"
-    config.dataset.image_size = (512, 512)
+    config.dataset.crop_size = (512, 512)
     config.dataset.normalization = "caffe"
 
     config.optimizer.name = "sgd"

@@ -56,9 +56,19 @@ def validate_config(config) -> None:
         raise ValueError(
             f"config field model.dropout_rate={config.model.dropout_rate} not in [0, 1)"
         )
-    size = tuple(config.dataset.image_size)
-    if len(size) != 2 or min(size) < models.MIN_INPUT_SIZE:
+    for field in ("dataset.image_size", "dataset.crop_size", "dataset.eval_pad_size"):
+        size = tuple(_get(config, field))
+        if len(size) != 2 or min(size) < models.MIN_INPUT_SIZE:
+            raise ValueError(
+                f"config field {field}={size} must be (height, width), each at least "
+                f"{models.MIN_INPUT_SIZE} pixels (the FCN minimum)"
+            )
+    low, high = config.dataset.scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"config field dataset.scale_range={(low, high)} needs 0 < low <= high")
+    names = tuple(config.dataset.class_names)
+    if names and len(names) != config.model.num_classes:
         raise ValueError(
-            f"config field dataset.image_size={size} must be (height, width), each at least "
-            f"{models.MIN_INPUT_SIZE} pixels (the FCN minimum)"
+            f"config field dataset.class_names has {len(names)} names but model.num_classes="
+            f"{config.model.num_classes}"
         )

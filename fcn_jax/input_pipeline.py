@@ -5,24 +5,29 @@ A batch is ``{"image": uint8[B, H, W, 3], "label": uint8[B, H, W]}`` with label
 eval steps normalise them. ``B`` is this process's share of the global batch;
 ``sharding.global_batch`` assembles the global arrays.
 
-Training data continues where it left off: the stream from ``start_step`` holds
-exactly the examples that the first run would have seen from that step on.
-Evaluation covers the whole split once, in batches padded with void examples so
-that every process runs the same number of equally shaped steps.
+Training data is deterministic for a seed and continues where it left off: the
+stream from ``start_step`` holds exactly the examples (and augmentations) that an
+unbroken run would have seen from that step on, without decoding the skipped ones.
+Evaluation covers the whole split once, never resized or cropped: each image is
+padded (label 255) to ``dataset.eval_pad_size``, or to its next multiple for a
+larger image, and every process runs the same number of equally shaped batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
 import numpy as np
 import tensorflow as tf
 
-from fcn_jax.datasets import synthetic
+from fcn_jax import normalization, transforms
+from fcn_jax.datasets import folder, synthetic
 
-VOID = 255
-DATASETS = ("synthetic",)
+VOID = transforms.VOID
+DATASETS = ("synthetic", "voc_sbd", "folder")
+_STREAM_END = np.iinfo(np.int64).max
 
 
 def _process_share(global_batch: int, what: str) -> int:
@@ -39,25 +44,130 @@ def _check_dataset(config) -> None:
 
 def _finish(ds: tf.data.Dataset, batch: int, prefetch: int) -> Iterator[dict[str, np.ndarray]]:
     ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
-    return ds.as_numpy_iterator()
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).as_numpy_iterator()
+
+
+class _Split(NamedTuple):
+    """This process's contiguous share of a finite split, still encoded."""
+
+    examples: tf.data.Dataset  # {"image": JPEG bytes, "label": encoded label bytes}
+    size: int  # Examples in this process's share.
+    total: int  # Examples in the whole split.
+    decode_label: Callable  # Label bytes -> uint8 [H, W] class indices.
+
+
+def _voc_sbd_split(config, split: str) -> _Split:
+    import tensorflow_datasets as tfds
+
+    builder = _prepared_voc_sbd(config.dataset)
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"voc_sbd has no split {split!r}; it has {sorted(builder.info.splits.keys())}"
+        )
+    share = tfds.split_for_jax_process(split)
+    examples = builder.as_dataset(
+        split=share,
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()},
+    ).map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    return _Split(
+        examples,
+        builder.info.splits[share].num_examples,
+        builder.info.splits[split].num_examples,
+        lambda b: tf.io.decode_png(b, channels=1)[..., 0],
+    )
+
+
+def _prepared_voc_sbd(ds_config):
+    """The voc_sbd builder, prepared first (by process 0) when manual_dir is given."""
+    import tensorflow_datasets as tfds
+    from jax.experimental import multihost_utils
+
+    import fcn_jax.datasets  # noqa: F401  Registers voc_sbd with TFDS.
+
+    builder = tfds.builder("voc_sbd", data_dir=ds_config.data_dir or None)
+    if not builder.is_prepared():
+        if not ds_config.manual_dir:
+            raise FileNotFoundError(
+                f"voc_sbd is not prepared in {builder.data_dir}: set dataset.manual_dir to the "
+                "folder with VOCtrainval_11-May-2012.tar and benchmark.tgz (or their extracted "
+                "folders) to prepare it now, or run `tfds build fcn_jax/datasets/voc_sbd "
+                "--manual_dir=DIR --data_dir=DIR2` and set dataset.data_dir=DIR2"
+            )
+        if jax.process_index() == 0:
+            config = tfds.download.DownloadConfig(manual_dir=ds_config.manual_dir)
+            builder.download_and_prepare(download_config=config)
+    multihost_utils.sync_global_devices("voc_sbd prepared")
+    return tfds.builder("voc_sbd", data_dir=ds_config.data_dir or None)
+
+
+def _folder_split(config, split: str) -> _Split:
+    entries = folder.list_split(config.dataset.data_dir, split, config.model.num_classes)
+    count, index = jax.process_count(), jax.process_index()
+    mine = entries[len(entries) * index // count : len(entries) * (index + 1) // count]
+    paths = tf.data.Dataset.from_tensor_slices(([e.image for e in mine], [e.label for e in mine]))
+    examples = paths.map(
+        lambda i, lbl: {"image": tf.io.read_file(i), "label": tf.io.read_file(lbl)}
+    )
+    return _Split(examples, len(mine), len(entries), folder.decode_label_tf)
+
+
+def _split(config, split: str) -> _Split:
+    if config.dataset.name == "voc_sbd":
+        return _voc_sbd_split(config, split)
+    return _folder_split(config, split)
 
 
 def train_iterator(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """This process's part of global batches start_step, start_step + 1, ...
-
-    Global batch s holds the examples s*B ... s*B + B-1 of the training stream,
-    and process p takes its contiguous slice of it: so one process and several
-    see the same global batches, and a resumed run sees what an unbroken one would.
-    """
+    """This process's part of global batches start_step, start_step + 1, ..."""
     _check_dataset(config)
     global_batch = config.batch_size
     local = _process_share(global_batch, "batch_size")
+    if config.dataset.name == "synthetic":
+        return _synthetic_train(config, start_step, global_batch, local)
+    split = _split(config, config.dataset.train_split)
+    examples = split.examples.cache() if config.dataset.cache else split.examples
+    # A seeded reshuffle every epoch; skipping encoded records is cheap, decoding is not.
+    first = start_step * local
+    examples = (
+        examples.shuffle(split.size, seed=config.seed, reshuffle_each_iteration=True)
+        .repeat()
+        .skip(first)
+    )
+    indices = tf.data.Dataset.range(first, _STREAM_END)
+    ds_config = config.dataset
+    mean = normalization.mean_rgb_uint8(ds_config.normalization)
+
+    def augment(example, index):
+        seed = tf.stack([tf.cast(config.seed, tf.int64), index])
+        image, label = transforms.train_crop(
+            example["image"],
+            split.decode_label(example["label"]),
+            seed,
+            crop_size=tuple(ds_config.crop_size),
+            scale_range=tuple(ds_config.scale_range),
+            mean_rgb=mean,
+            flip=ds_config.flip,
+            color_jitter=ds_config.color_jitter,
+        )
+        return {"image": image, "label": label}
+
+    ds = tf.data.Dataset.zip(examples, indices).map(
+        augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return _finish(ds, local, ds_config.prefetch)
+
+
+def _synthetic_train(config, start_step, global_batch, local):
+    """Global batch s holds synthetic examples s*B ... s*B + B-1; process p takes its slice."""
     offset = jax.process_index() * local
 
     def to_global(k):  # k-th local example -> index in the training stream.
         return (k // local) * global_batch + offset + k % local
 
-    indices = tf.data.Dataset.range(start_step * local, np.iinfo(np.int64).max).map(to_global)
+    indices = tf.data.Dataset.range(start_step * local, _STREAM_END).map(to_global)
     ds = synthetic.as_tf_dataset(
         indices, split=config.dataset.train_split, image_size=tuple(config.dataset.image_size)
     )
@@ -65,39 +175,109 @@ def train_iterator(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndar
 
 
 def eval_num_examples(config) -> int:
+    """Examples in the whole eval split (all processes)."""
     _check_dataset(config)
-    size = synthetic.SPLITS.get(config.dataset.eval_split)
-    if size is None:
-        raise ValueError(f"dataset.eval_split={config.dataset.eval_split!r} has no fixed size")
-    return size
+    if config.dataset.name == "synthetic":
+        size = synthetic.SPLITS.get(config.dataset.eval_split)
+        if size is None:
+            raise ValueError(f"dataset.eval_split={config.dataset.eval_split!r} has no fixed size")
+        return size
+    return _split(config, config.dataset.eval_split).total
+
+
+def _void(height: int, width: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensors(
+        {
+            "image": tf.zeros((height, width, 3), tf.uint8),
+            "label": tf.fill((height, width), tf.constant(VOID, tf.uint8)),
+        }
+    ).repeat()
 
 
 def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
     """(this process's batches of the eval split, number of batches).
 
     Processes take contiguous shares of the split; every process runs the same
-    number of batches, the missing ones made of void examples (label 255, which
-    the confusion matrix ignores).
+    number of batches of each padded size, the missing ones made of void
+    examples (label 255, which the confusion matrix ignores).
     """
-    total = eval_num_examples(config)
+    _check_dataset(config)
     local = _process_share(config.dataset.eval_batch_size, "dataset.eval_batch_size")
+    if config.dataset.name == "synthetic":
+        return _synthetic_eval(config, local)
+    split = _split(config, config.dataset.eval_split)
+    pad_size = tuple(config.dataset.eval_pad_size)
+    shapes = split.examples.map(
+        lambda ex: tf.image.extract_jpeg_shape(ex["image"])[:2],
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    counts: dict[tuple[int, int], int] = {}
+    for h, w in shapes.as_numpy_iterator():
+        bucket = transforms.eval_bucket(int(h), int(w), pad_size)
+        counts[bucket] = counts.get(bucket, 0) + 1
+    buckets = _agree_on_buckets(counts)
+    mean = normalization.mean_rgb_uint8(config.dataset.normalization)
+    parts, num_batches = [], 0
+    for bucket, most in buckets:
+        batches = -(-most // local)
+
+        def in_bucket(ex, bucket=bucket):
+            shape = tf.image.extract_jpeg_shape(ex["image"])
+            bh, bw = transforms.eval_bucket(shape[0], shape[1], pad_size)
+            return tf.logical_and(tf.equal(bh, bucket[0]), tf.equal(bw, bucket[1]))
+
+        def decode(ex, bucket=bucket):
+            image = tf.image.decode_jpeg(ex["image"], channels=3, dct_method="INTEGER_ACCURATE")
+            image, label = transforms.pad_to(image, split.decode_label(ex["label"]), bucket, mean)
+            return {"image": image, "label": label}
+
+        ds = split.examples.filter(in_bucket).map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        parts.append(ds.concatenate(_void(*bucket)).take(batches * local).batch(local))
+        num_batches += batches
+    ds = parts[0]
+    for part in parts[1:]:
+        ds = ds.concatenate(part)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(config.dataset.prefetch).as_numpy_iterator(), (
+        num_batches
+    )
+
+
+def _agree_on_buckets(counts: dict) -> list[tuple[tuple[int, int], int]]:
+    """[(padded size, most images of that size on any process)], the same on every process."""
+    if jax.process_count() == 1:
+        return sorted(counts.items())
+    from jax.experimental import multihost_utils
+
+    # Sizes are few and small: gather (h, w, count) rows from every process.
+    rows = np.zeros((64, 3), np.int64)
+    if len(counts) > len(rows):
+        raise ValueError(f"more than {len(rows)} distinct eval sizes; raise dataset.eval_pad_size")
+    for i, ((h, w), c) in enumerate(sorted(counts.items())):
+        rows[i] = (h, w, c)
+    gathered = np.asarray(multihost_utils.process_allgather(rows)).reshape(-1, 3)
+    most: dict[tuple[int, int], int] = {}
+    for h, w, c in gathered:
+        if c:
+            most[(int(h), int(w))] = max(most.get((int(h), int(w)), 0), int(c))
+    return sorted(most.items())
+
+
+def _synthetic_eval(config, local):
+    total = eval_num_examples(config)
     count, index = jax.process_count(), jax.process_index()
     start, stop = total * index // count, total * (index + 1) // count
-    most = -(-total // count)  # The largest share.
-    num_batches = -(-most // local)
+    largest_share = -(-total // count)
+    num_batches = -(-largest_share // local)
     ds = synthetic.as_tf_dataset(
         tf.data.Dataset.range(start, stop),
         split=config.dataset.eval_split,
         image_size=tuple(config.dataset.image_size),
     )
-    height, width = config.dataset.image_size
-    void = tf.data.Dataset.from_tensors(
-        {
-            "image": tf.zeros((height, width, 3), tf.uint8),
-            "label": tf.fill((height, width), tf.constant(VOID, tf.uint8)),
-        }
-    ).repeat()
-    ds = ds.concatenate(void).take(num_batches * local)
+    ds = ds.concatenate(_void(*config.dataset.image_size)).take(num_batches * local)
     return _finish(ds, local, config.dataset.prefetch), num_batches
 
 

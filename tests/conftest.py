@@ -50,3 +50,30 @@ def tiny_config():
         return config
 
     return make
+
+
+SAMPLES = REPO.parent / "shared" / "voc_samples"
+
+
+def require_samples():
+    if not (SAMPLES / "voc").is_dir():
+        pytest.skip(f"{SAMPLES} is absent: the real VOC samples exist only beside the CI checkout")
+
+
+@pytest.fixture(scope="session")
+def voc_folder(tmp_path_factory):
+    """A VOC-layout root of the 80 real sample pairs, with the official lists filtered to them."""
+    require_samples()
+    root = tmp_path_factory.mktemp("voc_folder")
+    present = {p.stem for p in (SAMPLES / "voc" / "SegmentationClass").glob("*.png")}
+    for sub in ("JPEGImages", "SegmentationClass"):
+        (root / sub).mkdir()
+        for i in present:
+            ext = ".jpg" if sub == "JPEGImages" else ".png"
+            (root / sub / f"{i}{ext}").symlink_to(SAMPLES / "voc" / sub / f"{i}{ext}")
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    for split in ("train", "val"):
+        ids = (SAMPLES / "voc" / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        (lists / f"{split}.txt").write_text("\n".join(i for i in ids if i in present) + "\n")
+    return root

@@ -1,0 +1,94 @@
+"""Your own data in the PASCAL VOC layout, with no builder to write.
+
+    ROOT/JPEGImages/<id>.jpg
+    ROOT/SegmentationClass/<id>.png     palette (mode P) or grayscale (mode L) PNG of
+                                        class indices; 255 = void
+    ROOT/ImageSets/Segmentation/<split>.txt   one id per line
+
+Set ``dataset.name="folder"``, ``dataset.data_dir=ROOT``, the split names, and
+``model.num_classes`` (and optionally ``dataset.class_names``). The listing is
+checked up front (missing files, size mismatches, label PNGs that hold colours
+rather than indices), so a broken dataset fails at start with the file named.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+IMAGES, LABELS, LISTS = "JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")
+LABEL_MODES = ("P", "L")
+
+
+class Entry(NamedTuple):
+    id: str
+    image: str
+    label: str
+
+
+def list_split(root: str, split: str, num_classes: int | None = None) -> list[Entry]:
+    """The checked (id, image path, label path) entries of ``split``."""
+    if not root or not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"dataset.data_dir={root!r} is not a folder; point it at a VOC-layout root "
+            f"holding {IMAGES}/, {LABELS}/ and {LISTS}/"
+        )
+    list_file = os.path.join(root, LISTS, f"{split}.txt")
+    if not os.path.isfile(list_file):
+        have = sorted(f[:-4] for f in os.listdir(os.path.dirname(list_file)) if f.endswith(".txt"))
+        raise FileNotFoundError(f"no split list {list_file}; splits there: {have}")
+    with open(list_file) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    if not ids:
+        raise ValueError(f"split list {list_file} is empty")
+    entries = [
+        Entry(i, os.path.join(root, IMAGES, f"{i}.jpg"), os.path.join(root, LABELS, f"{i}.png"))
+        for i in ids
+    ]
+    missing = [p for e in entries for p in (e.image, e.label) if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} files listed in {list_file} are missing, e.g. {missing[:3]}; "
+            "add them or remove their ids from the list"
+        )
+    for e in entries:
+        _check_pair(e)
+    return entries
+
+
+def _check_pair(entry: Entry) -> None:
+    try:
+        with Image.open(entry.image) as image, Image.open(entry.label) as label:
+            image_size, label_size, mode = image.size, label.size, label.mode
+    except OSError as e:
+        raise ValueError(f"cannot read {entry.image} or {entry.label}: {e}") from e
+    if image_size != label_size:
+        raise ValueError(
+            f"image {entry.image} is {image_size[0]}x{image_size[1]} but its label "
+            f"{entry.label} is {label_size[0]}x{label_size[1]}; they must match"
+        )
+    if mode not in LABEL_MODES:
+        raise ValueError(
+            f"label {entry.label} is a mode {mode} PNG; save class indices as a palette (P) "
+            "or grayscale (L) PNG, not colours"
+        )
+
+
+def read_label(data: bytes) -> np.ndarray:
+    """Class indices of a palette or grayscale PNG (never through its RGB colours)."""
+    import io
+
+    with Image.open(io.BytesIO(data)) as label:
+        return np.asarray(label, np.uint8)
+
+
+def decode_label_tf(data):
+    """tf.data op: label PNG bytes -> uint8 [H, W] indices (PIL reads palettes as indices)."""
+    import tensorflow as tf
+
+    label = tf.numpy_function(read_label, [data], tf.uint8, stateful=False)
+    label.set_shape([None, None])
+    return label

@@ -1,0 +1,109 @@
+"""Per-example tf.data transforms: random scale/pad/crop/flip for training, padding for eval.
+
+Images stay uint8 end to end (normalisation happens on the device). Randomness
+is stateless, drawn from a per-example seed, so an example's augmentation
+depends only on (seed, its index in the stream): deterministic across runs,
+thread counts and restarts.
+
+Training crops before resizing: the random scale and crop are chosen first,
+then only the source window that lands in the crop is decoded (JPEG) and
+resized. This is the same distribution of crops as "resize the whole image, pad,
+crop", without resizing pixels that are thrown away.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+VOID = 255
+
+
+def _uniform(seed, minval, maxval, dtype=tf.float32):
+    return tf.random.stateless_uniform([], seed, minval=minval, maxval=maxval, dtype=dtype)
+
+
+def train_crop(
+    image_bytes,
+    label,
+    seed,
+    *,
+    crop_size: tuple[int, int],
+    scale_range: tuple[float, float],
+    mean_rgb: tuple[int, int, int],
+    flip: bool = True,
+    color_jitter: float = 0.0,
+):
+    """JPEG bytes and a uint8 [H, W] label -> uint8 [ch, cw, 3] image and [ch, cw] label.
+
+    Scale by s ~ U(scale_range) (bilinear image, nearest label), pad to the crop
+    size (image with ``mean_rgb``, label with 255), take a random crop, flip
+    horizontally with probability 1/2, optionally jitter brightness/contrast.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    ch, cw = crop_size
+    shape = tf.image.extract_jpeg_shape(image_bytes)
+    h, w = shape[0], shape[1]
+    s = _uniform(seeds[0], scale_range[0], scale_range[1])
+    hs = tf.maximum(tf.cast(tf.round(tf.cast(h, tf.float32) * s), tf.int32), 1)
+    ws = tf.maximum(tf.cast(tf.round(tf.cast(w, tf.float32) * s), tf.int32), 1)
+    # Crop offset in the scaled-and-padded image; padding is at the bottom/right.
+    oy = _uniform(seeds[1], 0, tf.maximum(hs, ch) - ch + 1, tf.int32)
+    ox = _uniform(seeds[2], 0, tf.maximum(ws, cw) - cw + 1, tf.int32)
+    out_h, out_w = tf.minimum(ch, hs - oy), tf.minimum(cw, ws - ox)
+    # The source window that lands in the crop, in original pixels.
+    y0 = tf.cast(tf.floor(tf.cast(oy, tf.float32) / s), tf.int32)
+    x0 = tf.cast(tf.floor(tf.cast(ox, tf.float32) / s), tf.int32)
+    y1 = tf.minimum(h, tf.cast(tf.math.ceil(tf.cast(oy + out_h, tf.float32) / s), tf.int32))
+    x1 = tf.minimum(w, tf.cast(tf.math.ceil(tf.cast(ox + out_w, tf.float32) / s), tf.int32))
+    y0, x0 = tf.minimum(y0, y1 - 1), tf.minimum(x0, x1 - 1)
+    window = tf.stack([y0, x0, y1 - y0, x1 - x0])
+    image = tf.image.decode_and_crop_jpeg(
+        image_bytes,
+        window,
+        channels=3,
+        dct_method="INTEGER_ACCURATE",  # As PIL decodes.
+    )
+    label = label[y0:y1, x0:x1]
+    size = tf.stack([out_h, out_w])
+    image = tf.image.resize(image, size, method="bilinear")
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
+    if color_jitter > 0:  # Before padding: the padding stays the mean colour.
+        image = _jitter(image, seeds[4], color_jitter)
+    image, label = pad_to(image, label, (ch, cw), mean_rgb)
+    if flip:
+        do_flip = _uniform(seeds[3], 0.0, 1.0) < 0.5
+        image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
+        label = tf.cond(do_flip, lambda: label[:, ::-1], lambda: label)
+    return image, label
+
+
+def _jitter(image, seed, strength: float):
+    """Random brightness (+-strength of the range) and contrast (x 1+-strength)."""
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    x = tf.cast(image, tf.float32)
+    x = x + _uniform(s1, -strength, strength) * 255.0
+    mean = tf.reduce_mean(x, axis=[0, 1], keepdims=True)
+    x = (x - mean) * _uniform(s2, 1.0 - strength, 1.0 + strength) + mean
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+def pad_to(image, label, size: tuple[int, int], mean_rgb):
+    """Pads at the bottom/right to ``size``: image with the mean colour, label with 255."""
+    h, w = tf.shape(label)[0], tf.shape(label)[1]
+    paddings = [[0, size[0] - h], [0, size[1] - w]]
+    channels = [
+        tf.pad(image[..., c], paddings, constant_values=tf.cast(mean_rgb[c], tf.uint8))
+        for c in range(3)
+    ]
+    image = tf.stack(channels, axis=-1)
+    label = tf.pad(label, paddings, constant_values=tf.constant(VOID, tf.uint8))
+    image.set_shape([size[0], size[1], 3])
+    label.set_shape([size[0], size[1]])
+    return image, label
+
+
+def eval_bucket(height, width, pad_size: tuple[int, int]):
+    """The padded size for an eval image: pad_size, or its next multiple when larger."""
+    ph, pw = pad_size
+    return (-(-height // ph)) * ph, (-(-width // pw)) * pw
