@@ -44,9 +44,15 @@ def _check_dataset(config) -> None:
 
 def _finish(ds: tf.data.Dataset, batch: int, prefetch: int) -> Iterator[dict[str, np.ndarray]]:
     ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
+    return ds.with_options(_options()).as_numpy_iterator()
+
+
+def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
-    return ds.with_options(options).as_numpy_iterator()
+    # One thread per op: tf.data already runs examples in parallel, nesting only contends.
+    options.threading.max_intra_op_parallelism = 1
+    return options
 
 
 class _Split(NamedTuple):
@@ -239,11 +245,8 @@ def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
     ds = parts[0]
     for part in parts[1:]:
         ds = ds.concatenate(part)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(config.dataset.prefetch).as_numpy_iterator(), (
-        num_batches
-    )
+    ds = ds.with_options(_options()).prefetch(config.dataset.prefetch)
+    return ds.as_numpy_iterator(), num_batches
 
 
 def _agree_on_buckets(counts: dict) -> list[tuple[tuple[int, int], int]]:

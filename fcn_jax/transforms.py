@@ -64,43 +64,46 @@ def train_crop(
         dct_method="INTEGER_ACCURATE",  # As PIL decodes.
     )
     label = label[y0:y1, x0:x1]
-    size = tf.stack([out_h, out_w])
-    image = tf.image.resize(image, size, method="bilinear")
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
-    if color_jitter > 0:  # Before padding: the padding stays the mean colour.
-        image = _jitter(image, seeds[4], color_jitter)
-    image, label = pad_to(image, label, (ch, cw), mean_rgb)
-    if flip:
+    if flip:  # On the small window: resizing commutes with mirroring.
         do_flip = _uniform(seeds[3], 0.0, 1.0) < 0.5
         image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
         label = tf.cond(do_flip, lambda: label[:, ::-1], lambda: label)
-    return image, label
+    size = tf.stack([out_h, out_w])
+    mean = tf.constant(mean_rgb, tf.float32)
+    # Resizing is linear, so subtract the mean first and pad the centred image with zeros.
+    centred = tf.image.resize(tf.cast(image, tf.float32) - mean, size, method="bilinear")
+    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
+    if color_jitter > 0:
+        centred = _jitter(centred, seeds[4], color_jitter)
+    return _pad_centred(centred, label, crop_size, mean, clip=color_jitter > 0)
 
 
-def _jitter(image, seed, strength: float):
+def _jitter(centred, seed, strength: float):
     """Random brightness (+-strength of the range) and contrast (x 1+-strength)."""
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    x = tf.cast(image, tf.float32)
-    x = x + _uniform(s1, -strength, strength) * 255.0
-    mean = tf.reduce_mean(x, axis=[0, 1], keepdims=True)
-    x = (x - mean) * _uniform(s2, 1.0 - strength, 1.0 + strength) + mean
-    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+    x = centred + _uniform(s1, -strength, strength) * 255.0
+    average = tf.reduce_mean(x, axis=[0, 1], keepdims=True)
+    return (x - average) * _uniform(s2, 1.0 - strength, 1.0 + strength) + average
 
 
-def pad_to(image, label, size: tuple[int, int], mean_rgb):
-    """Pads at the bottom/right to ``size``: image with the mean colour, label with 255."""
+def _pad_centred(centred, label, size, mean, clip: bool):
+    """Pads a mean-subtracted float image with zeros (= the mean colour) and the label with 255."""
     h, w = tf.shape(label)[0], tf.shape(label)[1]
     paddings = [[0, size[0] - h], [0, size[1] - w]]
-    channels = [
-        tf.pad(image[..., c], paddings, constant_values=tf.cast(mean_rgb[c], tf.uint8))
-        for c in range(3)
-    ]
-    image = tf.stack(channels, axis=-1)
+    image = tf.pad(centred, paddings + [[0, 0]]) + (mean + 0.5)  # +0.5, then truncation rounds.
+    if clip:  # Bilinear values stay within 0..255; only jitter can leave it.
+        image = tf.clip_by_value(image, 0, 255)
+    image = tf.cast(image, tf.uint8)
     label = tf.pad(label, paddings, constant_values=tf.constant(VOID, tf.uint8))
     image.set_shape([size[0], size[1], 3])
     label.set_shape([size[0], size[1]])
     return image, label
+
+
+def pad_to(image, label, size: tuple[int, int], mean_rgb):
+    """Pads uint8 image and label at the bottom/right to ``size`` (mean colour, 255)."""
+    mean = tf.constant(mean_rgb, tf.float32)
+    return _pad_centred(tf.cast(image, tf.float32) - mean, label, size, mean, clip=False)
 
 
 def eval_bucket(height, width, pad_size: tuple[int, int]):
