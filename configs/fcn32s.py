@@ -4,7 +4,8 @@
     python eval.py --config=configs/fcn32s.py --workdir=/tmp/fcn32s
 
 Data and optimisation as configs/fcn8s.py (train_aug -> VOC 2012 val, 512x512
-crops, bfloat16, SGD momentum 0.9, poly schedule, 30k steps of 16 images).
+crops, bfloat16, SGD momentum 0.9, poly schedule, 30k steps of 16 images); the
+paper's protocol (sbd_train -> seg11valid) is ``--config=configs/fcn32s.py:paper``.
 Expected: about 62-63 mean IoU on VOC 2012 val from ImageNet VGG-16 weights
 (the paper's converted Caffe FCN-32s scores 63.6 on seg11valid); the coarse
 stride-32 output blurs boundaries, which the 16s and 8s skips recover.
@@ -13,7 +14,8 @@ stride-32 output blurs boundaries, which the 16s and 8s skips recover.
 from configs import fcn8s
 
 
-def get_config():
-    config = fcn8s.get_config()
+def get_config(protocol: str = "standard"):
+    """protocol: "standard" (train_aug -> voc_val) or "paper" (sbd_train -> seg11valid)."""
+    config = fcn8s.get_config(protocol)
     config.model.variant = "fcn32s"
     return config

@@ -52,3 +52,29 @@ def test_validation_names_the_bad_field(field, value, message):
     config.model[field] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         validate_config(config)
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s"])
+def test_paper_protocol_is_one_config_argument(name):
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+    values(["prog", f"--config=configs/{name}.py:paper"])
+    assert (values.config.dataset.train_split, values.config.dataset.eval_split) == (
+        "sbd_train",
+        "seg11valid",
+    )
+    values(["prog", f"--config=configs/{name}.py"])
+    assert (values.config.dataset.train_split, values.config.dataset.eval_split) == (
+        "train_aug",
+        "voc_val",
+    )
+
+
+def test_unknown_protocol_is_refused():
+    from configs import fcn8s
+
+    with pytest.raises(ValueError, match="protocol 'papers'"):
+        fcn8s.get_config("papers")
