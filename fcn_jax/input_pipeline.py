@@ -180,17 +180,6 @@ def _synthetic_train(config, start_step, global_batch, local):
     return _finish(ds, local, config.dataset.prefetch)
 
 
-def eval_num_examples(config) -> int:
-    """Examples in the whole eval split (all processes)."""
-    _check_dataset(config)
-    if config.dataset.name == "synthetic":
-        size = synthetic.SPLITS.get(config.dataset.eval_split)
-        if size is None:
-            raise ValueError(f"dataset.eval_split={config.dataset.eval_split!r} has no fixed size")
-        return size
-    return _split(config, config.dataset.eval_split).total
-
-
 def _void(height: int, width: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensors(
         {
@@ -270,7 +259,12 @@ def _agree_on_buckets(counts: dict) -> list[tuple[tuple[int, int], int]]:
 
 
 def _synthetic_eval(config, local):
-    total = eval_num_examples(config)
+    total = synthetic.SPLITS.get(config.dataset.eval_split)
+    if total is None:
+        finite = [name for name, size in synthetic.SPLITS.items() if size]
+        raise ValueError(
+            f"dataset.eval_split={config.dataset.eval_split!r}: synthetic eval splits are {finite}"
+        )
     count, index = jax.process_count(), jax.process_index()
     start, stop = total * index // count, total * (index + 1) // count
     largest_share = -(-total // count)
