@@ -98,8 +98,13 @@ def parse_flags(argv):
 @contextlib.contextmanager
 def clear_errors():
     """Bad input ends the program with its message, not a traceback (kept at debug level)."""
+    import tensorflow as tf
+
     try:
         yield
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         logging.debug("%s", traceback.format_exc())
         sys.exit(f"error: {e}")
+    except tf.errors.OpError as e:  # Bad data met inside tf.data (e.g. a label file).
+        logging.debug("%s", traceback.format_exc())
+        sys.exit(f"error: {e.message}")

@@ -58,10 +58,10 @@ def _options() -> tf.data.Options:
 class _Split(NamedTuple):
     """This process's contiguous share of a finite split, still encoded."""
 
-    examples: tf.data.Dataset  # {"image": JPEG bytes, "label": encoded label bytes}
+    examples: tf.data.Dataset  # {"image": JPEG bytes, "label": label PNG bytes or path}
     size: int  # Examples in this process's share.
     total: int  # Examples in the whole split.
-    decode_label: Callable  # Label bytes -> uint8 [H, W] class indices.
+    decode_label: Callable  # examples' "label" -> uint8 [H, W] class indices.
 
 
 def _voc_sbd_split(config, split: str) -> _Split:
@@ -110,14 +110,17 @@ def _prepared_voc_sbd(ds_config):
 
 
 def _folder_split(config, split: str) -> _Split:
-    entries = folder.list_split(config.dataset.data_dir, split, config.model.num_classes)
+    entries = folder.list_split(config.dataset.data_dir, split)
     count, index = jax.process_count(), jax.process_index()
     mine = entries[len(entries) * index // count : len(entries) * (index + 1) // count]
     paths = tf.data.Dataset.from_tensor_slices(([e.image for e in mine], [e.label for e in mine]))
     examples = paths.map(
-        lambda i, lbl: {"image": tf.io.read_file(i), "label": tf.io.read_file(lbl)}
+        lambda i, lbl: {"image": tf.io.read_file(i), "label": lbl}  # Label read by PIL.
     )
-    return _Split(examples, len(mine), len(entries), folder.decode_label_tf)
+    num_classes = config.model.num_classes
+    return _Split(
+        examples, len(mine), len(entries), lambda p: folder.decode_label_tf(p, num_classes)
+    )
 
 
 def _split(config, split: str) -> _Split:

@@ -161,3 +161,16 @@ def test_voc_sbd_is_prepared_on_first_use_and_feeds_the_pipeline(tiny_config, tm
         matched.update(hits)
     assert matched == set(expected)
     assert (labels[len(expected) :] == 255).all()
+
+
+def test_folder_label_out_of_range_names_the_file(tiny_config, voc_folder, tmp_path):
+    root = tmp_path / "bad"
+    os.system(f"cp -rL {voc_folder} {root}")
+    first = val_ids(root)[0]
+    label = pil_label(root, first).copy()
+    label[0, 0] = 21
+    Image.fromarray(label, mode="L").save(root / "SegmentationClass" / f"{first}.png")
+    config = folder_config(tiny_config, root)
+    batches, _ = input_pipeline.eval_iterator(config)
+    with pytest.raises(Exception, match=rf"label .*{first}.png holds values \[21\]"):
+        list(batches)

@@ -29,7 +29,7 @@ class Entry(NamedTuple):
     label: str
 
 
-def list_split(root: str, split: str, num_classes: int | None = None) -> list[Entry]:
+def list_split(root: str, split: str) -> list[Entry]:
     """The checked (id, image path, label path) entries of ``split``."""
     if not root or not os.path.isdir(root):
         raise FileNotFoundError(
@@ -77,18 +77,30 @@ def _check_pair(entry: Entry) -> None:
         )
 
 
-def read_label(data: bytes) -> np.ndarray:
-    """Class indices of a palette or grayscale PNG (never through its RGB colours)."""
-    import io
+def read_label(path, num_classes: int) -> np.ndarray:
+    """Class indices of a palette or grayscale PNG (never through its RGB colours).
 
-    with Image.open(io.BytesIO(data)) as label:
-        return np.asarray(label, np.uint8)
+    Values other than 0..num_classes-1 and 255 raise, naming the file.
+    """
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    with Image.open(path) as label:
+        indices = np.asarray(label, np.uint8)
+    counts = np.bincount(indices.ravel(), minlength=256)
+    counts[:num_classes] = counts[255] = 0
+    if counts.any():
+        raise ValueError(
+            f"label {path} holds values {np.flatnonzero(counts).tolist()}, but "
+            f"model.num_classes={num_classes} allows 0..{num_classes - 1} and 255 (void)"
+        )
+    return indices
 
 
-def decode_label_tf(data):
-    """tf.data op: label PNG bytes -> uint8 [H, W] indices (PIL reads palettes as indices)."""
+def decode_label_tf(path, num_classes: int):
+    """tf.data op: label PNG path -> uint8 [H, W] indices (PIL reads palettes as indices)."""
     import tensorflow as tf
 
-    label = tf.numpy_function(read_label, [data], tf.uint8, stateful=False)
+    label = tf.numpy_function(
+        lambda p: read_label(p, num_classes), [path], tf.uint8, stateful=False
+    )
     label.set_shape([None, None])
     return label
