@@ -35,6 +35,7 @@ def main(argv):
     del argv
     config = FLAGS.config
     validate_config(config)
+    config.dataset.normalization = config.dataset.normalization or "caffe"  # Padding colour.
     batches = input_pipeline.train_iterator(config)
     start = time.perf_counter()
     while time.perf_counter() - start < FLAGS.warmup_seconds:

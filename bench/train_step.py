@@ -55,6 +55,7 @@ def bench_geometry(geometry: str, peak: float) -> dict:
     config.model.geometry = geometry
     config.model.dtype = FLAGS.dtype
     config.model.fc6_impl = FLAGS.fc6_impl
+    config.dataset.normalization = "caffe"
     config.batch_size = FLAGS.batch
     config.mesh.shape = (-1, 1)
     mesh = sharding.make_mesh(config.mesh.shape)

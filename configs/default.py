@@ -42,7 +42,9 @@ def get_config():
     config.dataset.color_jitter = 0.0  # Brightness/contrast jitter strength; 0 = off.
     config.dataset.eval_pad_size = (512, 512)  # Eval images padded (label 255) to this size.
     config.dataset.cache = True  # Keep the encoded training split in host memory.
-    config.dataset.normalization = "caffe"  # caffe (BGR - mean) | torch (ImageNet mean/std)
+    # caffe (BGR - mean) | torch (ImageNet mean/std) | "" = what the init_from weights
+    # expect (recorded by fcn_jax.convert), or caffe when training from scratch.
+    config.dataset.normalization = ""
     config.dataset.eval_batch_size = 8  # Global; the last batch is padded with void pixels.
     config.dataset.prefetch = 2  # Batches prepared ahead on the host.
 
@@ -75,6 +77,12 @@ def get_config():
     config.eval_every_steps = 2_000
     config.checkpoint_every_steps = 2_000
     config.keep_checkpoints = 2  # Latest N kept, plus the best by eval mean IoU.
+    # Start from converted weights (`python -m fcn_jax.convert ... --output=DIR`) when the
+    # workdir has no checkpoint yet: init_from=DIR. init_layers picks the layers to take;
+    # () takes every layer that both the weights and the model have (e.g. FCN-16s from an
+    # FCN-32s: the backbone and score_fr).
+    config.init_from = ""
+    config.init_layers = ()
 
     config.lock()
     return config

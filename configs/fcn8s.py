@@ -35,7 +35,6 @@ def get_config(protocol: str = "standard"):
     config.dataset.name = "voc_sbd"
     config.dataset.train_split, config.dataset.eval_split = PROTOCOLS[protocol]
     config.dataset.crop_size = (512, 512)
-    config.dataset.normalization = "caffe"
 
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.01

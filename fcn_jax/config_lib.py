@@ -11,7 +11,7 @@ _CHOICES = (
     ("model.fc6_impl", models.FC6_IMPLS),
     ("model.dtype", ("float32", "bfloat16")),
     ("dataset.name", input_pipeline.DATASETS),
-    ("dataset.normalization", normalization.NORMALIZATIONS),
+    ("dataset.normalization", ("", *normalization.NORMALIZATIONS)),
     ("optimizer.name", optim.OPTIMIZERS),
     ("optimizer.schedule", optim.SCHEDULES),
     ("loss_reduction", LOSS_REDUCTIONS),

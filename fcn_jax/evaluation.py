@@ -70,6 +70,7 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best", output_json: 
     try:
         step = checkpointing.resolve_step(manager, which)
         checkpointing.check_compatible(manager, step, config)
+        training.resolve_normalization(config, manager, step)
         programs = training.compile_steps(config, mesh)
         params = checkpointing.restore_params(manager, step, programs.abstract_state.params)
     finally:

@@ -22,6 +22,7 @@ from clu import metric_writers
 
 from fcn_jax import (
     checkpointing,
+    convert,
     evaluation,
     input_pipeline,
     losses,
@@ -190,9 +191,10 @@ def _check_finite(step: int, step_metrics, manager) -> None:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (resuming from the latest checkpoint in workdir); returns the last eval metrics."""
     validate_config(config)
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    resolve_normalization(config, manager, manager.latest_step())
     mesh = sharding.make_mesh(config.mesh.shape)
     programs = compile_steps(config, mesh)
-    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
@@ -202,6 +204,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         start = manager.latest_step()
         if start is None:
             state, start = programs.init(init_rng), 0
+            if config.init_from:
+                state = _init_from(state, programs, config)
             writer.write_hparams(_flat_hparams(config))
         else:
             checkpointing.check_compatible(manager, start, config)
@@ -249,6 +253,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
         manager.wait_until_finished()
         manager.close()
         writer.close()
+
+
+def resolve_normalization(config, manager, step) -> None:
+    """Fills dataset.normalization="" from the checkpoint, the init_from weights, or caffe."""
+    if config.dataset.normalization:
+        return
+    if step is not None:
+        value = checkpointing.saved_config(manager, step)["dataset"]["normalization"]
+    elif config.init_from:
+        value = convert.load_meta(config.init_from)["normalization"]
+    else:
+        value = "caffe"
+    config.dataset.normalization = value
+    logging.info("Input normalisation: %s", value)
+
+
+def _init_from(state: TrainState, programs: Programs, config) -> TrainState:
+    """The fresh state with the layers of the converted weights in config.init_from."""
+    weights, meta = convert.load_weights(config.init_from)
+    params, taken = convert.merge_into(state.params, weights, config.init_layers)
+    logging.info(
+        "Initialised %s from %s (a %s, %d classes)",
+        list(taken),
+        config.init_from,
+        meta["variant"],
+        meta["num_classes"],
+    )
+    params = jax.device_put(params, programs.state_shardings.params)
+    return state.replace(params=params)
 
 
 def _stack(history):

@@ -1,0 +1,155 @@
+"""Starting training from converted weights: config.init_from and init_layers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcn_jax import checkpointing, convert, models, training
+
+
+def tiny_params(variant, num_classes=4, seed=0):
+    model = models.FCN(variant=variant, num_classes=num_classes, base_width=4, fc_width=16)
+    params = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda p: np.asarray(p) + rng.normal(size=p.shape).astype(np.float32), params
+    )
+
+
+def first_params(config, workdir):
+    manager = checkpointing.make_manager(str(workdir), read_only=True)
+    try:
+        programs = training.compile_steps(config, training.sharding.make_mesh((1, 1)))
+        step = min(manager.all_steps())
+        return jax.device_get(
+            checkpointing.restore_params(manager, step, programs.abstract_state.params)
+        )
+    finally:
+        manager.close()
+
+
+def test_fcn16s_starts_from_an_fcn32s(tiny_config, tmp_path):
+    """The paper's staging: every layer both nets have is taken; the new skip starts at zero."""
+    weights = tiny_params("fcn32s")
+    convert.save_weights(
+        str(tmp_path / "w"), weights, variant="fcn32s", num_classes=4, normalization="torch"
+    )
+    config = tiny_config(
+        model__variant="fcn16s",
+        init_from=str(tmp_path / "w"),
+        num_train_steps=1,
+        checkpoint_every_steps=1,
+        optimizer__learning_rate=0.0,
+        optimizer__warmup_steps=0,
+        optimizer__weight_decay=0.0,
+    )
+    training.train_and_evaluate(config, str(tmp_path / "run"))
+    params = first_params(config, tmp_path / "run")
+    for name in (*models.BACKBONE_LAYERS, "score_fr"):
+        for key in weights[name]:
+            np.testing.assert_allclose(params[name][key], weights[name][key], rtol=1e-6)
+    assert not np.any(params["score_pool4"]["kernel"])  # New in FCN-16s: zero, as in the paper.
+    np.testing.assert_allclose(params["upscore2"]["kernel"], models.bilinear_kernel(2, 4))
+
+
+def test_normalization_follows_the_weights_unless_the_config_sets_it(tiny_config, tmp_path):
+    convert.save_weights(
+        str(tmp_path / "w"),
+        {n: tiny_params("fcn8s")[n] for n in models.BACKBONE_LAYERS},
+        variant="fcn8s",
+        num_classes=4,
+        normalization="torch",
+    )
+    manager = checkpointing.make_manager(str(tmp_path / "run"))
+    config = tiny_config(init_from=str(tmp_path / "w"), dataset__normalization="")
+    training.resolve_normalization(config, manager, None)
+    assert config.dataset.normalization == "torch"
+    config = tiny_config(init_from="", dataset__normalization="")
+    training.resolve_normalization(config, manager, None)
+    assert config.dataset.normalization == "caffe"
+    config = tiny_config(init_from=str(tmp_path / "w"), dataset__normalization="caffe")
+    training.resolve_normalization(config, manager, None)
+    assert config.dataset.normalization == "caffe"
+    manager.close()
+
+
+def test_weights_of_another_num_classes_are_refused_by_layer(tiny_config, tmp_path):
+    convert.save_weights(
+        str(tmp_path / "w"),
+        tiny_params("fcn8s", 7),
+        variant="fcn8s",
+        num_classes=7,
+        normalization="caffe",
+    )
+    config = tiny_config(init_from=str(tmp_path / "w"))
+    with pytest.raises(
+        convert.ConversionError, match=r"layer score_fr (kernel|bias): init_from has shape \(7,?"
+    ):
+        training.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints" / "1").exists()
+    backbone_only = tiny_config(init_from=str(tmp_path / "w"), init_layers=models.BACKBONE_LAYERS)
+    backbone_only.num_train_steps = 1
+    training.train_and_evaluate(backbone_only, str(tmp_path / "run2"))
+
+
+def test_init_from_must_be_converted_weights(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a converted weights directory"):
+        training.train_and_evaluate(tiny_config(init_from=str(tmp_path)), str(tmp_path / "run"))
+    with pytest.raises(convert.ConversionError, match="exists"):
+        convert.save_weights(
+            str(tmp_path), {}, variant="fcn8s", num_classes=4, normalization="caffe"
+        )
+
+
+def test_convert_cli_writes_weights_that_train_reads(tmp_path):
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch", reason="torch comes from requirements-convert.txt")
+    params = tiny_params("fcn8s", 4)
+    state = {}
+    for name, layer in params.items():
+        if name.startswith("upscore"):  # (kH, kW, in, out) -> PyTorch (in, out, kH, kW)
+            state[f"{name}.weight"] = torch.from_numpy(layer["kernel"].transpose(2, 3, 0, 1).copy())
+        else:
+            state[f"{name}.weight"] = torch.from_numpy(layer["kernel"].transpose(3, 2, 0, 1).copy())
+            state[f"{name}.bias"] = torch.from_numpy(layer["bias"])
+    torch.save({"model_state_dict": state}, tmp_path / "fcn8s.pth")
+    command = [sys.executable, "-m", "fcn_jax.convert", "--layout=fcn", "--variant=fcn8s"]
+    result = subprocess.run(
+        [
+            *command,
+            "--num_classes=4",
+            f"--input={tmp_path / 'fcn8s.pth'}",
+            f"--output={tmp_path / 'w'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=training.__file__.rsplit("/fcn_jax/", 1)[0],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    weights, meta = convert.load_weights(str(tmp_path / "w"))
+    assert meta == {
+        "variant": "fcn8s",
+        "num_classes": 4,
+        "normalization": "caffe",
+        "layers": sorted(params),
+    }
+    jax.tree.map(np.testing.assert_array_equal, weights, params)
+
+    (tmp_path / "notes.txt").write_text("not weights")
+    result = subprocess.run(
+        [
+            *command,
+            "--num_classes=4",
+            f"--input={tmp_path / 'notes.txt'}",
+            f"--output={tmp_path / 'x'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=training.__file__.rsplit("/fcn_jax/", 1)[0],
+    )
+    assert result.returncode != 0
+    assert "notes.txt is not a PyTorch state dict file" in result.stderr
+    assert not (tmp_path / "x").exists()
