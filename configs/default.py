@@ -77,10 +77,10 @@ def get_config():
     config.eval_every_steps = 2_000
     config.checkpoint_every_steps = 2_000
     config.keep_checkpoints = 2  # Latest N kept, plus the best by eval mean IoU.
-    # Start from converted weights (`python -m fcn_jax.convert ... --output=DIR`) when the
-    # workdir has no checkpoint yet: init_from=DIR. init_layers picks the layers to take;
-    # () takes every layer that both the weights and the model have (e.g. FCN-16s from an
-    # FCN-32s: the backbone and score_fr).
+    # When the workdir has no checkpoint yet, start from init_from: converted weights
+    # (`python -m fcn_jax.convert ... --output=DIR`) or another run's workdir (its best
+    # checkpoint: FCN-16s from a trained FCN-32s). init_layers picks the layers to take;
+    # () takes every layer that both have (FCN-16s from FCN-32s: backbone and score_fr).
     config.init_from = ""
     config.init_layers = ()
 

@@ -1,20 +1,18 @@
-"""FCN-16s on PASCAL VOC 2012 + SBD: the batched recipe of configs/fcn8s.py.
+"""FCN-16s on PASCAL VOC 2012 + SBD: the recipes and options of configs/fcn8s.py.
 
-    python train.py --config=configs/fcn16s.py --workdir=/tmp/fcn16s
+    python train.py --config=configs/fcn16s.py --workdir=/tmp/fcn16s \
+        --config.dataset.manual_dir=DIR_WITH_VOC_AND_SBD_ARCHIVES --config.init_from=INIT
     python eval.py --config=configs/fcn16s.py --workdir=/tmp/fcn16s
 
-Data and optimisation as configs/fcn8s.py (train_aug -> VOC 2012 val, 512x512
-crops, bfloat16, SGD momentum 0.9, poly schedule, 30k steps of 16 images); the
-paper's protocol (sbd_train -> seg11valid) is ``--config=configs/fcn16s.py:paper``.
-Expected: about 64 mean IoU on VOC 2012 val from ImageNet VGG-16 weights
-(the paper's converted Caffe FCN-16s scores 65.0 on seg11valid).
+INIT: the workdir of a trained FCN-32s (the paper's staged recipe: every layer both
+nets have is taken, score_pool4 starts at zero), or converted VGG-16 weights.
+Expected: about 64 mean IoU on VOC 2012 val with the batched recipe; with
+`:paper,caffe` from FCN-32s the paper reports 65.0 on seg11valid (converted: 65.01).
 """
 
 from configs import fcn8s
 
 
-def get_config(protocol: str = "standard"):
-    """protocol: "standard" (train_aug -> voc_val) or "paper" (sbd_train -> seg11valid)."""
-    config = fcn8s.get_config(protocol)
-    config.model.variant = "fcn16s"
-    return config
+def get_config(options: str = ""):
+    """options: comma-separated, from "paper" (sbd_train -> seg11valid) and "caffe"."""
+    return fcn8s.get_config(options, variant="fcn16s")

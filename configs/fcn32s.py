@@ -1,21 +1,18 @@
-"""FCN-32s on PASCAL VOC 2012 + SBD: the batched recipe of configs/fcn8s.py.
+"""FCN-32s on PASCAL VOC 2012 + SBD: the recipes and options of configs/fcn8s.py.
 
-    python train.py --config=configs/fcn32s.py --workdir=/tmp/fcn32s
+    python train.py --config=configs/fcn32s.py --workdir=/tmp/fcn32s \
+        --config.dataset.manual_dir=DIR_WITH_VOC_AND_SBD_ARCHIVES --config.init_from=INIT
     python eval.py --config=configs/fcn32s.py --workdir=/tmp/fcn32s
 
-Data and optimisation as configs/fcn8s.py (train_aug -> VOC 2012 val, 512x512
-crops, bfloat16, SGD momentum 0.9, poly schedule, 30k steps of 16 images); the
-paper's protocol (sbd_train -> seg11valid) is ``--config=configs/fcn32s.py:paper``.
-Expected: about 62-63 mean IoU on VOC 2012 val from ImageNet VGG-16 weights
-(the paper's converted Caffe FCN-32s scores 63.6 on seg11valid); the coarse
-stride-32 output blurs boundaries, which the 16s and 8s skips recover.
+INIT: converted ImageNet VGG-16 weights (python -m fcn_jax.convert, see README).
+Expected: about 62-63 mean IoU on VOC 2012 val with the batched recipe; with
+`:paper,caffe` the paper reports 63.6 on seg11valid (converted Caffe model: 63.63).
+The coarse stride-32 output blurs boundaries, which the 16s and 8s skips recover.
 """
 
 from configs import fcn8s
 
 
-def get_config(protocol: str = "standard"):
-    """protocol: "standard" (train_aug -> voc_val) or "paper" (sbd_train -> seg11valid)."""
-    config = fcn8s.get_config(protocol)
-    config.model.variant = "fcn32s"
-    return config
+def get_config(options: str = ""):
+    """options: comma-separated, from "paper" (sbd_train -> seg11valid) and "caffe"."""
+    return fcn8s.get_config(options, variant="fcn32s")

@@ -9,16 +9,19 @@ donates the state, so one program serves one device, many, or many hosts.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
+from jax.sharding import SingleDeviceSharding
 
 from fcn_jax import (
     checkpointing,
@@ -262,24 +265,50 @@ def resolve_normalization(config, manager, step) -> None:
     if step is not None:
         value = checkpointing.saved_config(manager, step)["dataset"]["normalization"]
     elif config.init_from:
-        value = convert.load_meta(config.init_from)["normalization"]
+        value = _load_init(config.init_from, params=False)[1]["normalization"]
     else:
         value = "caffe"
     config.dataset.normalization = value
     logging.info("Input normalisation: %s", value)
 
 
+def _load_init(path: str, params: bool = True):
+    """(params or None, meta) from converted weights, or a training workdir's best checkpoint.
+
+    A workdir gives the paper's staged training: FCN-16s from a trained FCN-32s,
+    FCN-8s from FCN-16s.
+    """
+    if not os.path.isdir(checkpointing.checkpoint_dir(path)):
+        return convert.load_weights(path) if params else (None, convert.load_meta(path))
+    manager = checkpointing.make_manager(path, read_only=True)
+    try:
+        step = checkpointing.resolve_step(manager, "best")
+        saved = ml_collections.ConfigDict(checkpointing.saved_config(manager, step))
+        meta = {
+            "variant": saved.model.variant,
+            "num_classes": saved.model.num_classes,
+            "normalization": saved.dataset.normalization,
+            "checkpoint": step,
+        }
+        if not params:
+            return None, meta
+        model, device = build_model(saved), jax.local_devices()[0]
+        shapes = jax.eval_shape(make_init_fn(model, optax.identity()), jax.random.key(0)).params
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=SingleDeviceSharding(device)),
+            shapes,
+        )
+        restored = checkpointing.restore_params(manager, step, abstract)
+        return jax.tree.map(np.asarray, restored), meta
+    finally:
+        manager.close()
+
+
 def _init_from(state: TrainState, programs: Programs, config) -> TrainState:
-    """The fresh state with the layers of the converted weights in config.init_from."""
-    weights, meta = convert.load_weights(config.init_from)
+    """The fresh state with the layers taken from config.init_from."""
+    weights, meta = _load_init(config.init_from)
     params, taken = convert.merge_into(state.params, weights, config.init_layers)
-    logging.info(
-        "Initialised %s from %s (a %s, %d classes)",
-        list(taken),
-        config.init_from,
-        meta["variant"],
-        meta["num_classes"],
-    )
+    logging.info("Initialised %s from %s (%s)", list(taken), config.init_from, meta)
     params = jax.device_put(params, programs.state_shardings.params)
     return state.replace(params=params)
 

@@ -73,8 +73,18 @@ def test_paper_protocol_is_one_config_argument(name):
     )
 
 
-def test_unknown_protocol_is_refused():
+def test_unknown_option_is_refused():
     from configs import fcn8s
 
-    with pytest.raises(ValueError, match="protocol 'papers'"):
+    with pytest.raises(ValueError, match=r"options \['papers'\] are not among"):
         fcn8s.get_config("papers")
+
+
+@pytest.mark.parametrize("name, lr", [("fcn32s", 1e-10), ("fcn16s", 1e-12), ("fcn8s", 1e-14)])
+def test_caffe_recipe(name, lr):
+    config = importlib.import_module(f"configs.{name}").get_config("paper,caffe")
+    assert config.optimizer.learning_rate == lr
+    assert (config.optimizer.momentum, config.batch_size, config.loss_reduction) == (0.99, 1, "sum")
+    assert (config.optimizer.bias_lr_mult, config.optimizer.weight_decay) == (2.0, 5e-4)
+    assert (config.model.geometry, config.dataset.eval_split) == ("caffe", "seg11valid")
+    validate_config(config)

@@ -153,3 +153,24 @@ def test_convert_cli_writes_weights_that_train_reads(tmp_path):
     assert result.returncode != 0
     assert "notes.txt is not a PyTorch state dict file" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_staged_training_starts_from_another_runs_best_checkpoint(tiny_config, tmp_path):
+    """FCN-16s from a trained FCN-32s workdir, as in the paper's staged recipe."""
+    stage1 = tiny_config(model__variant="fcn32s", num_train_steps=2)
+    training.train_and_evaluate(stage1, str(tmp_path / "fcn32s"))
+    trained = first_params(stage1, tmp_path / "fcn32s")  # Step 2 is the only one evaluated.
+    stage2 = tiny_config(
+        model__variant="fcn16s",
+        init_from=str(tmp_path / "fcn32s"),
+        num_train_steps=1,
+        checkpoint_every_steps=1,
+        optimizer__learning_rate=0.0,
+        optimizer__weight_decay=0.0,
+    )
+    training.train_and_evaluate(stage2, str(tmp_path / "fcn16s"))
+    params = first_params(stage2, tmp_path / "fcn16s")
+    for name in (*models.BACKBONE_LAYERS, "score_fr"):
+        for key in trained[name]:
+            np.testing.assert_allclose(params[name][key], trained[name][key], rtol=1e-6)
+    assert not np.any(params["score_pool4"]["kernel"])
