@@ -174,3 +174,20 @@ def test_staged_training_starts_from_another_runs_best_checkpoint(tiny_config, t
         for key in trained[name]:
             np.testing.assert_allclose(params[name][key], trained[name][key], rtol=1e-6)
     assert not np.any(params["score_pool4"]["kernel"])
+
+
+def test_a_state_dict_of_another_variant_is_named():
+    params = tiny_params("fcn32s", 4)
+    state = {}
+    for name, layer in params.items():
+        if name == "upscore":
+            state[f"{name}.weight"] = layer["kernel"].transpose(2, 3, 0, 1)
+        else:
+            state[f"{name}.weight"] = layer["kernel"].transpose(3, 2, 0, 1)
+            state[f"{name}.bias"] = layer["bias"]
+    with pytest.raises(
+        convert.ConversionError, match="these weights are an fcn32s .* not an fcn8s"
+    ):
+        convert.from_torch_state_dict(state, "fcn8s", 4)
+    converted = convert.from_torch_state_dict(state, "fcn32s", 4)
+    jax.tree.map(np.testing.assert_array_equal, converted, params)
