@@ -17,6 +17,18 @@ def tiny_params(variant, num_classes=4, seed=0):
     )
 
 
+def to_torch_layout(params, tensor=np.asarray):
+    """A Flax FCN params tree as a pytorch-fcn state dict (conv OIHW, transposed conv IOHW)."""
+    state = {}
+    for name, layer in params.items():
+        if name.startswith("upscore"):
+            state[f"{name}.weight"] = tensor(layer["kernel"].transpose(2, 3, 0, 1).copy())
+        else:
+            state[f"{name}.weight"] = tensor(layer["kernel"].transpose(3, 2, 0, 1).copy())
+            state[f"{name}.bias"] = tensor(layer["bias"])
+    return state
+
+
 def first_params(config, workdir):
     manager = checkpointing.make_manager(str(workdir), read_only=True)
     try:
@@ -108,13 +120,7 @@ def test_convert_cli_writes_weights_that_train_reads(tmp_path):
 
     torch = pytest.importorskip("torch", reason="torch comes from requirements-convert.txt")
     params = tiny_params("fcn8s", 4)
-    state = {}
-    for name, layer in params.items():
-        if name.startswith("upscore"):  # (kH, kW, in, out) -> PyTorch (in, out, kH, kW)
-            state[f"{name}.weight"] = torch.from_numpy(layer["kernel"].transpose(2, 3, 0, 1).copy())
-        else:
-            state[f"{name}.weight"] = torch.from_numpy(layer["kernel"].transpose(3, 2, 0, 1).copy())
-            state[f"{name}.bias"] = torch.from_numpy(layer["bias"])
+    state = to_torch_layout(params, torch.from_numpy)
     torch.save({"model_state_dict": state}, tmp_path / "fcn8s.pth")
     command = [sys.executable, "-m", "fcn_jax.convert", "--layout=fcn", "--variant=fcn8s"]
     result = subprocess.run(
@@ -178,13 +184,7 @@ def test_staged_training_starts_from_another_runs_best_checkpoint(tiny_config, t
 
 def test_a_state_dict_of_another_variant_is_named():
     params = tiny_params("fcn32s", 4)
-    state = {}
-    for name, layer in params.items():
-        if name == "upscore":
-            state[f"{name}.weight"] = layer["kernel"].transpose(2, 3, 0, 1)
-        else:
-            state[f"{name}.weight"] = layer["kernel"].transpose(3, 2, 0, 1)
-            state[f"{name}.bias"] = layer["bias"]
+    state = to_torch_layout(params)
     with pytest.raises(
         convert.ConversionError, match="these weights are an fcn32s .* not an fcn8s"
     ):
