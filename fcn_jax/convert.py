@@ -14,8 +14,6 @@ torchvision and from (7, 7, C) in Keras.
 
 from __future__ import annotations
 
-import copy
-
 import jax
 import numpy as np
 
@@ -251,18 +249,7 @@ def load_backbone(params, source, layout: str):
         backbone = _keras_backbone(source)
     else:
         raise ConversionError(f"layout {layout!r} is not one of {LAYOUTS}")
-    out = copy.deepcopy(jax.device_get(params))
-    out = {k: dict(v) for k, v in out.items()}
-    for name, layer in backbone.items():
-        for key, value in layer.items():
-            want = np.shape(out[name][key])
-            if value.shape != want:
-                raise ConversionError(
-                    f"layer {name} {key}: the {layout} weights have shape {value.shape}, "
-                    f"the model needs {want}"
-                )
-            out[name][key] = value
-    return out
+    return merge_into(params, backbone, tuple(backbone), source=f"the {layout} VGG-16")[0]
 
 
 # Which input normalisation each source's weights expect.
@@ -321,8 +308,8 @@ def load_weights(path: str):
     return jax.tree.map(np.asarray, params), meta
 
 
-def merge_into(params, weights, layers=()):
-    """``params`` with the layers of ``weights`` (all that the model has, or ``layers``).
+def merge_into(params, weights, layers=(), source: str = "init_from"):
+    """A copy of ``params`` with the layers of ``weights`` (all the model has, or ``layers``).
 
     Shapes must match; a requested layer that either side lacks is an error.
     Returns (new params, names of the layers taken).
@@ -340,7 +327,7 @@ def merge_into(params, weights, layers=()):
             want = np.shape(out[name][key])
             if np.shape(value) != want:
                 raise ConversionError(
-                    f"layer {name} {key}: init_from has shape {np.shape(value)}, the model "
+                    f"layer {name} {key}: {source} has shape {np.shape(value)}, the model "
                     f"needs {want} (another variant, num_classes or width?)"
                 )
             out[name][key] = np.asarray(value, np.float32)

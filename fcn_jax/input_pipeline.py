@@ -283,12 +283,10 @@ def _synthetic_eval(config, local):
 
 def check_labels(labels: np.ndarray, num_classes: int) -> None:
     """Raises on a label other than 0..num_classes-1 and 255 (void)."""
-    counts = np.bincount(np.asarray(labels).ravel(), minlength=VOID + 1)
-    counts[:num_classes] = counts[VOID] = 0
-    bad = np.flatnonzero(counts)
+    bad, counts = transforms.invalid_labels(labels, num_classes)
     if bad.size:
         raise ValueError(
-            f"label value {int(bad[0])} found ({int(counts[bad[0]])} pixels; all bad values: "
+            f"label value {int(bad[0])} found ({int(counts[0])} pixels; all bad values: "
             f"{bad.tolist()}), but model.num_classes={num_classes} allows 0..{num_classes - 1} "
             "and 255 (void); fix the labels or set --config.model.num_classes"
         )

@@ -13,9 +13,18 @@ crop", without resizing pixels that are thrown away.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 VOID = 255
+
+
+def invalid_labels(labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, pixel counts) of the labels other than 0..num_classes-1 and 255 (void)."""
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=VOID + 1)
+    counts[:num_classes] = counts[VOID] = 0
+    bad = np.flatnonzero(counts)
+    return bad, counts[bad]
 
 
 def _uniform(seed, minval, maxval, dtype=tf.float32):

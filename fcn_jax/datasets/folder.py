@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from fcn_jax import transforms
+
 IMAGES, LABELS, LISTS = "JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")
 LABEL_MODES = ("P", "L")
 
@@ -85,11 +87,10 @@ def read_label(path, num_classes: int) -> np.ndarray:
     path = path.decode() if isinstance(path, bytes) else str(path)
     with Image.open(path) as label:
         indices = np.asarray(label, np.uint8)
-    counts = np.bincount(indices.ravel(), minlength=256)
-    counts[:num_classes] = counts[255] = 0
-    if counts.any():
+    bad, _ = transforms.invalid_labels(indices, num_classes)
+    if bad.size:
         raise ValueError(
-            f"label {path} holds values {np.flatnonzero(counts).tolist()}, but "
+            f"label {path} holds values {bad.tolist()}, but "
             f"model.num_classes={num_classes} allows 0..{num_classes - 1} and 255 (void)"
         )
     return indices
