@@ -48,6 +48,16 @@ def get_config():
     config.dataset.eval_batch_size = 8  # Global; the last batch is padded with void pixels.
     config.dataset.prefetch = 2  # Batches prepared ahead on the host.
 
+    # Test-time inference, for evaluation (eval.py and during training) and predict.py.
+    # Views (scales x flips) average their softmax probabilities at the original size.
+    config.inference = ml_collections.ConfigDict()
+    config.inference.flip = False  # Also run the mirrored image.
+    config.inference.scales = (1.0,)  # Multi-scale, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
+    # Tile images larger than dataset.eval_pad_size into windows of that size, instead
+    # of running them whole (FCNs take any size; windows bound the memory).
+    config.inference.sliding_window = False
+    config.inference.window_overlap = 1 / 3  # Fraction of a window shared with the next.
+
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"  # sgd | adam | adamw
     config.optimizer.learning_rate = 1e-3  # Peak learning rate.
@@ -76,6 +86,7 @@ def get_config():
     config.log_every_steps = 50
     config.eval_every_steps = 2_000
     config.checkpoint_every_steps = 2_000
+    config.eval_summary_images = 3  # Eval images (input | truth | prediction) in TensorBoard.
     config.keep_checkpoints = 2  # Latest N kept, plus the best by eval mean IoU.
     # When the workdir has no checkpoint yet, start from init_from: converted weights
     # (`python -m fcn_jax.convert ... --output=DIR`) or another run's workdir (its best

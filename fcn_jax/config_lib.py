@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fcn_jax import input_pipeline, models, normalization, optim, sharding
+from fcn_jax.transforms import VOID
 
 LOSS_REDUCTIONS = ("mean", "sum")
 _CHOICES = (
@@ -66,6 +67,25 @@ def validate_config(config) -> None:
     low, high = config.dataset.scale_range
     if not 0 < low <= high:
         raise ValueError(f"config field dataset.scale_range={(low, high)} needs 0 < low <= high")
+    if not 0 < config.model.num_classes <= VOID:
+        raise ValueError(
+            f"config field model.num_classes={config.model.num_classes}: labels are uint8 "
+            f"with {VOID} for void, so 1..{VOID} classes"
+        )
+    if config.eval_summary_images < 0:
+        raise ValueError(
+            f"config field eval_summary_images={config.eval_summary_images} must be >= 0"
+        )
+    scales = tuple(config.inference.scales)
+    if not scales or min(scales) <= 0:
+        raise ValueError(
+            f"config field inference.scales={scales} needs one or more positive scales, "
+            "e.g. (1.0,) or (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)"
+        )
+    if not 0 <= config.inference.window_overlap < 1:
+        raise ValueError(
+            f"config field inference.window_overlap={config.inference.window_overlap} not in [0, 1)"
+        )
     names = tuple(config.dataset.class_names)
     if names and len(names) != config.model.num_classes:
         raise ValueError(

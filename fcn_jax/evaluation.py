@@ -1,33 +1,73 @@
-"""Evaluation over a whole split, from checkpoints, with a JSON report.
+"""Evaluation over a whole split, from checkpoints or converted weights, with reports.
 
 Metrics come from one int64 confusion matrix accumulated over every batch of the
-split; per-batch mIoUs are never averaged (that inflates the score).
+split; per-batch mIoUs are never averaged (that inflates the score). A report is
+the printed table, a JSON file holding the confusion matrix it was computed
+from, and two plots beside it (the row-normalised confusion matrix, per-class IoU).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import tempfile
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from absl import logging
 
-from fcn_jax import checkpointing, input_pipeline, metrics, sharding
+from fcn_jax import checkpointing, convert, input_pipeline, metrics, sharding, visualize
+
+_IN_FLIGHT = 2  # Batches queued on the device before the host waits for the oldest.
 
 
-def evaluate(programs, params, config) -> tuple[dict, np.ndarray]:
-    """(segmentation_metrics, confusion matrix) of ``params`` on dataset.eval_split."""
+class EvalResult(NamedTuple):
+    metrics: dict  # segmentation_metrics of the confusion matrix.
+    confusion_matrix: np.ndarray  # int64 [C, C], rows = ground truth.
+    examples: np.ndarray | None  # uint8 [N, H, 3W, 3]: input | truth | prediction.
+
+
+def evaluate(programs, params, config, *, num_examples: int = 0, progress: bool = False):
+    """EvalResult of ``params`` on dataset.eval_split, with the config's test-time inference.
+
+    ``num_examples`` images of the first batch are also predicted and drawn for
+    TensorBoard; ``progress`` shows a progress bar on process 0.
+    """
+    from tqdm import tqdm
+
     batches, num_batches = input_pipeline.eval_iterator(config)
-    pending = []  # Device results; fetched at the end so the device never waits on the host.
-    for local in batches:
-        input_pipeline.check_labels(local["label"], config.model.num_classes)
-        pending.append(programs.eval_step(params, sharding.global_batch(local, programs.mesh)))
-    if len(pending) != num_batches:
-        raise RuntimeError(f"eval split gave {len(pending)} batches, expected {num_batches}")
-    cm = sum(np.asarray(jax.device_get(c), np.int64) for c in pending)
-    return metrics.segmentation_metrics(cm), cm
+    num_classes = config.model.num_classes
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    pending, examples, seen = collections.deque(), None, 0
+    bar = tqdm(
+        total=num_batches,
+        desc=f"eval {config.dataset.eval_split}",
+        unit="batch",
+        disable=not progress or jax.process_index() > 0,
+    )
+    with bar:
+        for local in batches:
+            input_pipeline.check_labels(local["label"], num_classes)
+            batch = sharding.global_batch(local, programs.mesh)
+            pending.append(programs.eval_step(params, batch))
+            if seen == 0 and num_examples:
+                examples = _examples(programs, params, local, batch, num_examples)
+            seen += 1
+            while len(pending) > _IN_FLIGHT or (pending and seen == num_batches):
+                cm += np.asarray(jax.device_get(pending.popleft()), np.int64)
+                bar.update()
+    if seen != num_batches:
+        raise RuntimeError(f"eval split gave {seen} batches, expected {num_batches}")
+    return EvalResult(metrics.segmentation_metrics(cm), cm, examples)
+
+
+def _examples(programs, params, local, batch, count):
+    """Panels of this process's first images: its rows lead its share of the batch."""
+    preds = np.asarray(jax.device_get(programs.predict_step(params, batch["image"])))
+    n = min(count, len(local["image"]))
+    return visualize.eval_panels(local["image"][:n], local["label"][:n], preds[:n])
 
 
 def scalar_metrics(eval_metrics: dict) -> dict[str, float]:
@@ -38,8 +78,10 @@ def _jsonable(value):
     """NaN (a class absent from the split) becomes null: strict JSON has no NaN."""
     if isinstance(value, np.ndarray):
         return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
@@ -48,24 +90,84 @@ def _jsonable(value):
 def write_json_atomically(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
-def format_report(eval_metrics: dict, step: int, split: str) -> str:
-    lines = [f"Evaluation of step {step} on {split}:"]
+def _score(value: float) -> str:
+    return f"{value:8.4f}" if np.isfinite(value) else "     n/a"
+
+
+def format_report(eval_metrics: dict, source: str, split: str, names) -> str:
+    """The four scores, then IoU, accuracy and share of pixels for each class."""
+    lines = [f"Evaluation of {source} on {split}:"]
     for name, value in scalar_metrics(eval_metrics).items():
         lines.append(f"  {name:20s} {value:.4f}")
+    width = max(len("class"), *(len(n) for n in names))
+    lines.append(f"  {'class':{width}s} {'IoU':>8s} {'accuracy':>8s}")
+    for name, iou, acc in zip(names, eval_metrics["iou"], eval_metrics["accuracy"]):
+        lines.append(f"  {name:{width}s} {_score(iou)} {_score(acc)}")
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(config, workdir: str, which: str = "best", output_json: str | None = None):
-    """Restores ``which`` (best | latest | STEP) onto the current mesh and evaluates it."""
+def report_paths(json_path: str) -> dict[str, str]:
+    """The JSON report and the plots written beside it."""
+    stem = os.path.splitext(json_path)[0]
+    return {
+        "json": json_path,
+        "confusion": f"{stem}_confusion.png",
+        "iou": f"{stem}_iou.png",
+    }
+
+
+def write_report(json_path: str, result: EvalResult, names, **fields) -> dict[str, str]:
+    """JSON (metrics, per-class arrays, confusion matrix, ``fields``) and two PNG plots."""
+    paths = report_paths(json_path)
+    payload = _jsonable(dict(result.metrics))
+    payload.update(
+        class_names=list(names),
+        confusion_matrix=result.confusion_matrix.tolist(),
+        **_jsonable(fields),
+    )
+    write_json_atomically(paths["json"], payload)
+    visualize.plot_confusion(result.confusion_matrix, names, paths["confusion"])
+    visualize.plot_iou(result.metrics["iou"], names, paths["iou"])
+    return paths
+
+
+class Restored(NamedTuple):
+    programs: Any
+    params: Any  # On the programs' parameter shardings.
+    step: int | None  # The checkpoint's step; None for converted weights.
+    source: str  # What was restored, for reports.
+    tag: str  # Short name for report files: the step, or the weights' folder name.
+
+
+def restore(config, workdir: str, which: str = "best") -> Restored:
+    """The trained parameters to run: config.init_from when set, else the workdir's ``which``.
+
+    ``which`` is best (by eval mean IoU) | latest | a step number; ``init_from`` is
+    converted weights of a whole FCN or another run's workdir. Compiles the steps
+    for the current devices, which need not be those that trained the model.
+    """
     from fcn_jax import training  # training imports this module.
 
     training.validate_config(config)
     mesh = sharding.make_mesh(config.mesh.shape)
+    if config.init_from:
+        training.resolve_normalization(config, None, None)
+        programs = training.compile_steps(config, mesh)
+        weights, meta = training.load_init(config.init_from)
+        params = _whole_model(weights, programs.abstract_state.params, config.init_from)
+        params = jax.device_put(params, programs.state_shardings.params)
+        name = os.path.basename(os.path.normpath(config.init_from))
+        step = meta.get("checkpoint")
+        return Restored(programs, params, step, f"weights {config.init_from}", name)
     manager = checkpointing.make_manager(workdir, read_only=True)
     try:
         step = checkpointing.resolve_step(manager, which)
@@ -75,12 +177,50 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best", output_json: 
         params = checkpointing.restore_params(manager, step, programs.abstract_state.params)
     finally:
         manager.close()
-    eval_metrics, cm = evaluate(programs, params, config)
-    split = config.dataset.eval_split
-    print(format_report(eval_metrics, step, split), flush=True)
-    if output_json and jax.process_index() == 0:
-        payload = {k: _jsonable(v) for k, v in eval_metrics.items()}
-        payload.update(confusion_matrix=cm.tolist(), step=step, split=split)
-        write_json_atomically(output_json, payload)
-        logging.info("Wrote %s", output_json)
-    return eval_metrics, cm, step
+    return Restored(programs, params, step, f"checkpoint {step} of {workdir}", str(step))
+
+
+def _whole_model(weights, abstract_params, path: str):
+    """Weights that cover every layer of the model, and only those, as numpy params."""
+    missing = sorted(set(abstract_params) - set(weights))
+    extra = sorted(set(weights) - set(abstract_params))
+    if missing or extra:
+        raise ValueError(
+            f"init_from={path!r} does not hold this model: it lacks {missing} and has extra "
+            f"{extra}. Evaluate converted weights of a whole FCN of the config's variant "
+            "(`python -m fcn_jax.convert --layout=fcn`) or a trained workdir, not a backbone"
+        )
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_params)
+    return convert.merge_into(zeros, weights)[0]
+
+
+def default_report_path(workdir: str, split: str, tag: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "eval", f"{split}_{tag}.json")
+
+
+def evaluate_checkpoint(
+    config, workdir: str, which: str = "best", output_json: str | None = None, progress=False
+):
+    """Restores (see ``restore``), evaluates, prints the report and writes it (process 0).
+
+    The report goes to ``output_json``, by default ``<workdir>/eval/<split>_<step>.json``.
+    Returns (EvalResult, Restored).
+    """
+    restored = restore(config, workdir, which)
+    result = evaluate(restored.programs, restored.params, config, progress=progress)
+    split, names = config.dataset.eval_split, visualize.class_names(config)
+    print(format_report(result.metrics, restored.source, split, names), flush=True)
+    if jax.process_index() == 0:
+        path = output_json or default_report_path(workdir, split, restored.tag)
+        written = write_report(
+            path,
+            result,
+            names,
+            step=restored.step,
+            split=split,
+            source=restored.source,
+            settings=config.to_dict(),
+        )
+        logging.info("Wrote %s", ", ".join(written.values()))
+        print(f"Report: {path} (plots beside it)", flush=True)
+    return result, restored

@@ -9,12 +9,14 @@ Training data is deterministic for a seed and continues where it left off: the
 stream from ``start_step`` holds exactly the examples (and augmentations) that an
 unbroken run would have seen from that step on, without decoding the skipped ones.
 Evaluation covers the whole split once, never resized or cropped: each image is
-padded (label 255) to ``dataset.eval_pad_size``, or to its next multiple for a
-larger image, and every process runs the same number of equally shaped batches.
+padded (label 255) to ``dataset.eval_pad_size``, or for a larger image to its
+next multiple (with sliding windows: by whole window strides), and every process
+runs the same number of equally shaped batches.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -22,7 +24,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from fcn_jax import normalization, transforms
+from fcn_jax import inference, normalization, transforms
 from fcn_jax.datasets import folder, synthetic
 
 VOID = transforms.VOID
@@ -204,32 +206,29 @@ def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
     if config.dataset.name == "synthetic":
         return _synthetic_eval(config, local)
     split = _split(config, config.dataset.eval_split)
-    pad_size = tuple(config.dataset.eval_pad_size)
+    pad_size, stride = tuple(config.dataset.eval_pad_size), eval_stride(config)
     shapes = split.examples.map(
         lambda ex: tf.image.extract_jpeg_shape(ex["image"])[:2],
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    counts: dict[tuple[int, int], int] = {}
-    for h, w in shapes.as_numpy_iterator():
-        bucket = transforms.eval_bucket(int(h), int(w), pad_size)
-        counts[bucket] = counts.get(bucket, 0) + 1
-    buckets = _agree_on_buckets(counts)
+    sizes = [
+        transforms.eval_bucket(int(h), int(w), pad_size, stride)
+        for h, w in shapes.as_numpy_iterator()
+    ]
+    buckets = _agree_on_buckets(collections.Counter(sizes))
+    bucket_of = tf.constant([[b for b, _ in buckets].index(s) for s in sizes], tf.int32)
+    indexed = tf.data.Dataset.zip(tf.data.Dataset.range(split.size), split.examples)
     mean = normalization.mean_rgb_uint8(config.dataset.normalization)
     parts, num_batches = [], 0
-    for bucket, most in buckets:
+    for i, (bucket, most) in enumerate(buckets):
         batches = -(-most // local)
 
-        def in_bucket(ex, bucket=bucket):
-            shape = tf.image.extract_jpeg_shape(ex["image"])
-            bh, bw = transforms.eval_bucket(shape[0], shape[1], pad_size)
-            return tf.logical_and(tf.equal(bh, bucket[0]), tf.equal(bw, bucket[1]))
-
-        def decode(ex, bucket=bucket):
+        def decode(_, ex, bucket=bucket):
             image = tf.image.decode_jpeg(ex["image"], channels=3, dct_method="INTEGER_ACCURATE")
             image, label = transforms.pad_to(image, split.decode_label(ex["label"]), bucket, mean)
             return {"image": image, "label": label}
 
-        ds = split.examples.filter(in_bucket).map(
+        ds = indexed.filter(lambda k, _, i=i: tf.equal(bucket_of[k], i)).map(
             decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
         parts.append(ds.concatenate(_void(*bucket)).take(batches * local).batch(local))
@@ -239,6 +238,13 @@ def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
         ds = ds.concatenate(part)
     ds = ds.with_options(_options()).prefetch(config.dataset.prefetch)
     return ds.as_numpy_iterator(), num_batches
+
+
+def eval_stride(config) -> tuple[int, int] | None:
+    """How far apart sliding windows are, when inference.sliding_window is on."""
+    if not config.inference.sliding_window:
+        return None
+    return inference.window_stride(config.dataset.eval_pad_size, config.inference.window_overlap)
 
 
 def _agree_on_buckets(counts: dict) -> list[tuple[tuple[int, int], int]]:

@@ -27,12 +27,14 @@ from fcn_jax import (
     checkpointing,
     convert,
     evaluation,
+    inference,
     input_pipeline,
     losses,
     metrics,
     models,
     optim,
     sharding,
+    visualize,
 )
 from fcn_jax.config_lib import validate_config
 from fcn_jax.normalization import normalize
@@ -104,15 +106,41 @@ def make_train_step(model: models.FCN, tx, config):
     return train_step
 
 
+def make_scores_fn(model: models.FCN, config):
+    """(params, uint8 images) -> class scores, with the config's test-time augmentation."""
+    normalization, options = config.dataset.normalization, config.inference
+    window = tuple(config.dataset.eval_pad_size) if options.sliding_window else None
+
+    def scores(params, images):
+        return inference.predict_scores(
+            lambda x: model.apply({"params": params}, x, train=False),
+            normalize(images, normalization, model.dtype),
+            scales=tuple(options.scales),
+            flip=options.flip,
+            window=window,
+            stride=input_pipeline.eval_stride(config),
+        )
+
+    return scores
+
+
 def make_eval_step(model: models.FCN, config):
-    normalization, num_classes = config.dataset.normalization, config.model.num_classes
+    scores, num_classes = make_scores_fn(model, config), config.model.num_classes
 
     def eval_step(params, batch):
-        images = normalize(batch["image"], normalization, model.dtype)
-        logits = model.apply({"params": params}, images, train=False)
-        return metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), num_classes)
+        preds = jnp.argmax(scores(params, batch["image"]), -1)
+        return metrics.confusion_matrix(batch["label"], preds, num_classes)
 
     return eval_step
+
+
+def make_predict_step(model: models.FCN, config):
+    scores = make_scores_fn(model, config)
+
+    def predict_step(params, images):
+        return jnp.argmax(scores(params, images), -1).astype(jnp.uint8)
+
+    return predict_step
 
 
 @dataclasses.dataclass
@@ -124,7 +152,8 @@ class Programs:
     abstract_state: Any  # ShapeDtypeStructs with shardings: a restore target.
     init: Any
     train_step: Any
-    eval_step: Any
+    eval_step: Any  # (params, batch) -> confusion matrix.
+    predict_step: Any  # (params, uint8 images) -> uint8 class indices, on every process.
 
 
 def compile_steps(config, mesh) -> Programs:
@@ -154,6 +183,11 @@ def compile_steps(config, mesh) -> Programs:
         ),
         eval_step=jax.jit(
             make_eval_step(model, config),
+            in_shardings=(state_sh.params, batch_sh),
+            out_shardings=repl,
+        ),
+        predict_step=jax.jit(
+            make_predict_step(model, config),
             in_shardings=(state_sh.params, batch_sh),
             out_shardings=repl,
         ),
@@ -243,9 +277,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 history = []
             evaluated = None
             if step % config.eval_every_steps == 0 or is_last:
-                eval_metrics, _ = evaluation.evaluate(programs, state.params, config)
+                result = evaluation.evaluate(
+                    programs, state.params, config, num_examples=config.eval_summary_images
+                )
+                eval_metrics = result.metrics
                 evaluated = evaluation.scalar_metrics(eval_metrics)
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in evaluated.items()})
+                _write_eval_summaries(writer, step, result, config)
             if step % config.checkpoint_every_steps == 0 or is_last:
                 _check_finite(step, step_metrics, manager)  # Never save a diverged state.
                 checkpointing.save(manager, step, state, config, evaluated)
@@ -265,14 +302,14 @@ def resolve_normalization(config, manager, step) -> None:
     if step is not None:
         value = checkpointing.saved_config(manager, step)["dataset"]["normalization"]
     elif config.init_from:
-        value = _load_init(config.init_from, params=False)[1]["normalization"]
+        value = load_init(config.init_from, params=False)[1]["normalization"]
     else:
         value = "caffe"
     config.dataset.normalization = value
     logging.info("Input normalisation: %s", value)
 
 
-def _load_init(path: str, params: bool = True):
+def load_init(path: str, params: bool = True):
     """(params or None, meta) from converted weights, or a training workdir's best checkpoint.
 
     A workdir gives the paper's staged training: FCN-16s from a trained FCN-32s,
@@ -306,11 +343,23 @@ def _load_init(path: str, params: bool = True):
 
 def _init_from(state: TrainState, programs: Programs, config) -> TrainState:
     """The fresh state with the layers taken from config.init_from."""
-    weights, meta = _load_init(config.init_from)
+    weights, meta = load_init(config.init_from)
     params, taken = convert.merge_into(state.params, weights, config.init_layers)
     logging.info("Initialised %s from %s (%s)", list(taken), config.init_from, meta)
     params = jax.device_put(params, programs.state_shardings.params)
     return state.replace(params=params)
+
+
+def _write_eval_summaries(writer, step: int, result, config) -> None:
+    """The scores, each class's IoU, and example images (input | truth | prediction)."""
+    scalars = {f"eval/{k}": v for k, v in evaluation.scalar_metrics(result.metrics).items()}
+    names = visualize.class_names(config)
+    for name, iou in zip(names, result.metrics["iou"]):
+        if np.isfinite(iou):  # NaN: the class is absent from the split.
+            scalars[f"eval_iou/{name}"] = float(iou)
+    writer.write_scalars(step, scalars)
+    if result.examples is not None:
+        writer.write_images(step, {"eval/input_truth_prediction": result.examples})
 
 
 def _stack(history):

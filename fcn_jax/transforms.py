@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-VOID = 255
+from fcn_jax.visualize import VOID  # The label of void pixels.
 
 
 def invalid_labels(labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +115,14 @@ def pad_to(image, label, size: tuple[int, int], mean_rgb):
     return _pad_centred(tf.cast(image, tf.float32) - mean, label, size, mean, clip=False)
 
 
-def eval_bucket(height, width, pad_size: tuple[int, int]):
-    """The padded size for an eval image: pad_size, or its next multiple when larger."""
-    ph, pw = pad_size
-    return (-(-height // ph)) * ph, (-(-width // pw)) * pw
+def eval_bucket(height: int, width: int, pad_size: tuple[int, int], stride=None):
+    """The padded canvas for an eval image: ``pad_size``, or for a larger image
+    ``pad_size`` plus the fewest whole ``stride`` steps that cover it (by default
+    the next multiple of ``pad_size``; with sliding windows, the window stride).
+    """
+
+    def side(size, pad, step):
+        return pad + -(-max(size - pad, 0) // step) * step
+
+    stride = stride or pad_size
+    return side(height, pad_size[0], stride[0]), side(width, pad_size[1], stride[1])

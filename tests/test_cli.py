@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -59,14 +60,19 @@ def test_demo_trains_and_evaluates_through_the_cli(tmp_path):
         assert needle in log
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
-    out = tmp_path / "report.json"
-    result = run("eval.py", *TINY, f"--workdir={tmp_path}", f"--output_json={out}")
+    result = run("eval.py", *TINY, f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean_iou" in result.stdout
+    # The per-class table names the synthetic classes.
+    assert re.search(r"^  triangle +(\d\.\d{4}|n/a)", result.stdout, re.M), result.stdout
+    out = tmp_path / "eval" / "validation_4.json"  # Only step 4 was evaluated: the best.
     report = json.loads(out.read_text())
-    assert report["step"] == 4  # Only step 4 was evaluated, so it is the best.
+    assert report["step"] == 4
     assert report["split"] == "validation"
+    assert report["class_names"] == ["background", "circle", "square", "triangle"]
     assert np.asarray(report["confusion_matrix"]).shape == (4, 4)
+    for plot in ("validation_4_confusion.png", "validation_4_iou.png"):
+        assert (tmp_path / "eval" / plot).stat().st_size > 1000
 
     # Resuming a finished run does nothing more and keeps the checkpoints.
     result = run("train.py", *TINY, f"--workdir={tmp_path}")

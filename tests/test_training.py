@@ -122,10 +122,9 @@ def test_restore_onto_another_mesh_gives_the_same_metrics(tiny_config, tmp_path)
     last = train(config, tmp_path)
     out = tmp_path / "eval.json"
     other = tiny_config(mesh__shape=(4, 2), mesh__param_sharding="model")
-    eval_metrics, cm, step = evaluation.evaluate_checkpoint(
-        other, str(tmp_path), "latest", str(out)
-    )
-    assert step == 2
+    result, restored = evaluation.evaluate_checkpoint(other, str(tmp_path), "latest", str(out))
+    eval_metrics, cm = result.metrics, result.confusion_matrix
+    assert restored.step == 2
     assert eval_metrics["mean_iou"] == pytest.approx(last["mean_iou"], rel=1e-6)
     report = json.loads(out.read_text())
     assert report["step"] == 2 and report["split"] == "validation"

@@ -108,3 +108,6 @@ def test_eval_buckets():
     assert transforms.eval_bucket(500, 375, (512, 512)) == (512, 512)
     assert transforms.eval_bucket(513, 100, (512, 512)) == (1024, 512)
     assert transforms.eval_bucket(512, 512, (512, 512)) == (512, 512)
+    # Sliding windows of 512 every 341 pixels: the canvas grows by whole strides.
+    assert transforms.eval_bucket(600, 300, (512, 512), (341, 341)) == (853, 512)
+    assert transforms.eval_bucket(853, 1195, (512, 512), (341, 341)) == (853, 512 + 3 * 341)
