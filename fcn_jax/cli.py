@@ -15,11 +15,11 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 
 
-def define_flags(workdir_help: str) -> None:
+def define_flags(workdir_help: str, workdir_required: bool = True) -> None:
     """--config, --workdir and the multi-host flags, shared by the entry points."""
     config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
     flags.DEFINE_string("workdir", None, workdir_help)
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["config", "workdir"] if workdir_required else ["config"])
     flags.DEFINE_string(
         "coordinator_address", None, "HOST:PORT of process 0, for several hosts (multi-host)."
     )

@@ -1,0 +1,189 @@
+"""Segmenting the users' own photos: a mask PNG and an overlay per photo.
+
+For each input ``<stem>.<ext>`` the output folder gets ``<stem>.png``, a palette
+PNG of class indices (PIL reads it back as indices) at exactly the photo's
+displayed size, and ``<stem>_overlay.jpg``, the photo with the classes blended
+over it and a legend of those present. Photos are read and written on a thread
+pool while the device runs; photos with the same padded size share batches.
+A file that cannot be read or written is reported by name and skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+
+from fcn_jax import evaluation, input_pipeline, normalization, photos, sharding, transforms
+from fcn_jax import visualize as vis
+
+
+@dataclasses.dataclass
+class _Photo:
+    path: str
+    stem: str
+    pixels: np.ndarray  # uint8 [H, W, 3] at the displayed size.
+    size: tuple[int, int]  # (h, w) the network sees, after fitting within max_size.
+
+
+@dataclasses.dataclass
+class Summary:
+    written: list[str] = dataclasses.field(default_factory=list)  # Input paths done.
+    failed: list[str] = dataclasses.field(default_factory=list)  # One message per failure.
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def predict(
+    config,
+    workdir: str | None,
+    which: str,
+    inputs,
+    output: str,
+    *,
+    max_size: int = 1024,
+    batch_size: int = 0,
+    progress: bool = False,
+) -> Summary:
+    """Segments every photo named by ``inputs`` (files, folders, globs) into ``output``.
+
+    The model comes from ``evaluation.restore`` (workdir's ``which`` checkpoint,
+    or config.init_from). Photos with a longer side than ``max_size`` are
+    segmented at that size and the mask scaled back (nearest); with
+    ``inference.sliding_window`` larger canvases are tiled instead. ``batch_size``
+    0 means dataset.eval_batch_size, at most the number of photos.
+    """
+    from tqdm import tqdm
+
+    paths, errors = photos.expand_inputs(inputs)
+    summary = Summary(failed=list(errors))
+    for message in errors:
+        _report(message)
+    if not paths:
+        return summary
+    if not workdir and not config.init_from:
+        raise ValueError("give --workdir (a trained run) or --config.init_from (converted weights)")
+    restored = evaluation.restore(config, workdir or "", which)
+    runner = _Runner(config, restored, len(paths), batch_size)
+    names = vis.class_names(config)
+    os.makedirs(output, exist_ok=True)
+    taken: dict[str, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+        writes = []
+
+        def write(photo, mask):
+            writes.append((photo.path, pool.submit(_write, photo, mask, names, output)))
+
+        loads = _ahead(pool, lambda p: _load(p, max_size), paths, 2 * runner.batch_size)
+        for path, loaded in tqdm(loads, total=len(paths), unit="photo", disable=not progress):
+            if isinstance(loaded, Exception):
+                summary.failed.append(_report(str(loaded)))
+                continue
+            if loaded.stem in taken:
+                summary.failed.append(
+                    _report(
+                        f"{path}: its outputs would overwrite those of {taken[loaded.stem]} "
+                        f"(same name); rename it or segment it separately"
+                    )
+                )
+                continue
+            taken[loaded.stem] = path
+            for photo, mask in runner.add(loaded):
+                write(photo, mask)
+        for photo, mask in runner.flush():
+            write(photo, mask)
+        for path, future in writes:
+            try:
+                future.result()
+                summary.written.append(path)
+            except OSError as e:
+                summary.failed.append(_report(f"{path}: cannot write its outputs: {e}"))
+    return summary
+
+
+def _report(message: str) -> str:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return message
+
+
+def _ahead(pool, fn, items, depth):
+    """(item, fn(item) or its PhotoError) in order, with up to ``depth`` running ahead."""
+    queue = collections.deque()
+    for item in items:
+        queue.append((item, pool.submit(fn, item)))
+        if len(queue) > depth:
+            yield _done(*queue.popleft())
+    while queue:
+        yield _done(*queue.popleft())
+
+
+def _done(item, future):
+    try:
+        return item, future.result()
+    except photos.PhotoError as e:
+        return item, e
+
+
+def _load(path: str, max_size: int) -> _Photo:
+    pixels = photos.load_photo(path)
+    size = photos.fit_within(*pixels.shape[:2], max_size)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return _Photo(path, stem, pixels, size)
+
+
+def _write(photo: _Photo, mask: np.ndarray, names, output: str) -> None:
+    height, width = photo.pixels.shape[:2]
+    if mask.shape != (height, width):
+        mask = photos.resize_mask(mask, height, width)
+    vis.save_image(vis.mask_image(mask), os.path.join(output, f"{photo.stem}.png"))
+    overlay = Image.fromarray(vis.overlay(photo.pixels, mask, names))
+    vis.save_image(overlay, os.path.join(output, f"{photo.stem}_overlay.jpg"), quality=90)
+
+
+class _Runner:
+    """Gathers photos into fixed-size batches per padded canvas and segments them."""
+
+    def __init__(self, config, restored, count: int, batch_size: int):
+        self.programs, self.params = restored.programs, restored.params
+        data = self.programs.mesh.shape["data"]
+        wanted = batch_size or min(config.dataset.eval_batch_size, count)
+        self.batch_size = -(-wanted // data) * data  # Whole batches for the "data" axis.
+        self.pad_size = tuple(config.dataset.eval_pad_size)
+        self.stride = input_pipeline.eval_stride(config)
+        self.mean = normalization.mean_rgb_uint8(config.dataset.normalization)
+        self.waiting: dict[tuple[int, int], list[_Photo]] = collections.defaultdict(list)
+
+    def add(self, photo: _Photo):
+        """Queues the photo; returns [(photo, mask)] of a batch when one fills up."""
+        canvas = transforms.eval_bucket(*photo.size, self.pad_size, self.stride)
+        self.waiting[canvas].append(photo)
+        if len(self.waiting[canvas]) < self.batch_size:
+            return []
+        return self._run(canvas, self.waiting.pop(canvas))
+
+    def flush(self):
+        done = []
+        for canvas in list(self.waiting):
+            done += self._run(canvas, self.waiting.pop(canvas))
+        return done
+
+    def _run(self, canvas, group: list[_Photo]):
+        images = np.empty((self.batch_size, *canvas, 3), np.uint8)
+        images[:] = self.mean  # Padding, and the unused slots of a last batch.
+        for i, photo in enumerate(group):
+            h, w = photo.size
+            pixels = photo.pixels
+            if pixels.shape[:2] != (h, w):
+                pixels = photos.resize(pixels, h, w)
+            images[i, :h, :w] = pixels
+        batch = sharding.global_batch({"image": images}, self.programs.mesh)["image"]
+        preds = np.asarray(jax.device_get(self.programs.predict_step(self.params, batch)))
+        return [(p, preds[i, : p.size[0], : p.size[1]]) for i, p in enumerate(group)]

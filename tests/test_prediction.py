@@ -1,0 +1,151 @@
+"""predict: real photos in every mode come out as masks of their displayed size, equal to the
+argmax of the model's logits, with overlays; bad files are reported while the rest are written."""
+
+import shutil
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import photo_fixtures
+import pytest
+from PIL import Image
+
+from fcn_jax import convert, normalization, photos, prediction, training
+from tests.conftest import REPO, SAMPLES, require_samples
+from tests.test_init_from import tiny_params
+from tests.test_photos import pick_sample
+
+
+def tiny_weights(config, path):
+    """Random weights of the config's model, saved as converted weights for init_from."""
+    params = tiny_params(config.model.variant, config.model.num_classes, seed=3)
+    convert.save_weights(
+        str(path),
+        params,
+        variant=config.model.variant,
+        num_classes=config.model.num_classes,
+        normalization="torch",
+    )
+    return training.build_model(config), params
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """Every variant of a real landscape and a real portrait photo, in one folder."""
+    require_samples()
+    root = tmp_path_factory.mktemp("photos")
+    made = {}
+    for layout in ("landscape", "portrait"):
+        for name, (path, size) in photo_fixtures.make_variants(
+            pick_sample(layout), root / layout
+        ).items():
+            target = root / "all" / f"{layout}_{name}{path.suffix}"
+            target.parent.mkdir(exist_ok=True)
+            shutil.copy(path, target)
+            made[target.stem] = (target, size)
+    return root / "all", made
+
+
+def expected_mask(model, params, photo, canvas):
+    """The argmax of the model's logits over the photo padded (mean colour) to the canvas."""
+    height, width = photo.shape[:2]
+    image = np.empty((1, *canvas, 3), np.uint8)
+    image[:] = normalization.mean_rgb_uint8("torch")
+    image[0, :height, :width] = photo
+    logits = model.apply({"params": params}, normalization.normalize(image, "torch"), train=False)
+    return np.asarray(jnp.argmax(logits[0, :height, :width], -1), np.uint8)
+
+
+def test_masks_have_the_displayed_size_and_are_the_logits_argmax(tiny_config, tmp_path, photo_dir):
+    folder, made = photo_dir
+    config = tiny_config(init_from=str(tmp_path / "weights"), dataset__normalization="")
+    model, params = tiny_weights(config, tmp_path / "weights")
+    out = tmp_path / "out"
+    summary = prediction.predict(config, None, "best", [str(folder)], str(out), batch_size=3)
+    assert summary.failed == [] and len(summary.written) == len(made) == 16
+    for stem, (path, (height, width)) in made.items():
+        mask_file = Image.open(out / f"{stem}.png")
+        assert mask_file.mode == "P"
+        mask = np.asarray(mask_file)
+        assert mask.shape == (height, width), stem
+        want = expected_mask(model, params, photos.load_photo(str(path)), (512, 512))
+        np.testing.assert_array_equal(mask, want, err_msg=stem)
+        overlay = Image.open(out / f"{stem}_overlay.jpg")
+        assert overlay.width == width and overlay.height > height  # The legend band below.
+    # The classes differ across the image: the test would notice a constant mask.
+    assert len(np.unique(mask)) > 1
+
+
+def test_large_photos_are_segmented_smaller_and_scaled_back(tiny_config, tmp_path):
+    require_samples()
+    config = tiny_config(init_from=str(tmp_path / "weights"), dataset__normalization="")
+    tiny_weights(config, tmp_path / "weights")
+    src = pick_sample("landscape")
+    height, width = np.asarray(Image.open(src)).shape[:2]
+    summary = prediction.predict(config, None, "best", [str(src)], str(tmp_path), max_size=200)
+    assert summary.failed == []
+    mask = np.asarray(Image.open(tmp_path / f"{src.stem}.png"))
+    assert mask.shape == (height, width)
+    assert set(np.unique(mask)) <= set(range(config.model.num_classes))
+
+
+def test_cli_reports_bad_files_and_writes_the_others(tiny_config, tmp_path):
+    require_samples()
+    config = tiny_config()
+    tiny_weights(config, tmp_path / "weights")
+    good = [pick_sample("landscape"), pick_sample("portrait")]
+    broken = photo_fixtures.make_corrupt(tmp_path)
+    missing = tmp_path / "nowhere.jpg"
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "predict.py",
+            "--config=configs/demo.py",
+            "--config.model.base_width=4",
+            "--config.model.fc_width=16",
+            "--config.mesh.shape=1,1",
+            f"--config.init_from={tmp_path / 'weights'}",
+            *map(str, [good[0], broken, missing, good[1]]),
+            f"--output={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"{broken}:" in result.stderr and f"{missing}:" in result.stderr
+    assert "Segmented 2 of 4 photos" in result.stdout
+    for path in good:
+        assert (out / f"{path.stem}.png").is_file()
+        assert (out / f"{path.stem}_overlay.jpg").is_file()
+    assert not (out / "broken.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{p.stem}{s}" for p in good for s in (".png", "_overlay.jpg")
+    )  # No half-written files either.
+
+
+def test_photos_with_the_same_name_do_not_overwrite_each_other(tiny_config, tmp_path):
+    require_samples()
+    config = tiny_config(init_from=str(tmp_path / "weights"), dataset__normalization="")
+    tiny_weights(config, tmp_path / "weights")
+    src = pick_sample("landscape")
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(src, tmp_path / sub / "photo.jpg")
+    summary = prediction.predict(
+        config, None, "best", [str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "out")
+    )
+    assert len(summary.written) == 1 and summary.exit_code == 1
+    assert "would overwrite those of" in summary.failed[0]
+    assert str(tmp_path / "b" / "photo.jpg") in summary.failed[0]
+
+
+def test_predict_needs_a_workdir_or_weights(tiny_config, tmp_path):
+    require_samples()
+    with pytest.raises(ValueError, match="--workdir.*--config.init_from"):
+        prediction.predict(
+            tiny_config(), None, "best", [str(SAMPLES / "voc" / "JPEGImages")], str(tmp_path)
+        )
