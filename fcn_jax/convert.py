@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from fcn_jax import models
+from fcn_jax import files, models
 
 LAYOUTS = ("torchvision", "caffe", "keras")
 _CONVS = tuple(n for names, _ in models.VGG16_STAGES for n in names)
@@ -259,7 +259,6 @@ _META = "fcn_jax_weights.json"
 
 def save_weights(path: str, params, *, variant: str, num_classes: int, normalization: str) -> None:
     """Writes params (orbax) and what they are (JSON) for ``--config.init_from=path``."""
-    import json
     import os
 
     import orbax.checkpoint as ocp
@@ -276,10 +275,7 @@ def save_weights(path: str, params, *, variant: str, num_classes: int, normaliza
         "normalization": normalization,
         "layers": sorted(params),
     }
-    tmp = os.path.join(path, _META + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, os.path.join(path, _META))
+    files.write_json(os.path.join(path, _META), meta)
 
 
 def load_meta(path: str) -> dict:

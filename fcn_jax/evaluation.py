@@ -9,16 +9,14 @@ from, and two plots beside it (the row-normalised confusion matrix, per-class Io
 from __future__ import annotations
 
 import collections
-import json
 import os
-import tempfile
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from absl import logging
 
-from fcn_jax import checkpointing, convert, input_pipeline, metrics, sharding, visualize
+from fcn_jax import checkpointing, convert, files, input_pipeline, metrics, sharding, visualize
 
 _IN_FLIGHT = 2  # Batches queued on the device before the host waits for the oldest.
 
@@ -87,18 +85,6 @@ def _jsonable(value):
     return value
 
 
-def write_json_atomically(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _score(value: float) -> str:
     return f"{value:8.4f}" if np.isfinite(value) else "     n/a"
 
@@ -134,7 +120,7 @@ def write_report(json_path: str, result: EvalResult, names, **fields) -> dict[st
         confusion_matrix=result.confusion_matrix.tolist(),
         **_jsonable(fields),
     )
-    write_json_atomically(paths["json"], payload)
+    files.write_json(paths["json"], payload)
     visualize.plot_confusion(result.confusion_matrix, names, paths["confusion"])
     visualize.plot_iou(result.metrics["iou"], names, paths["iou"])
     return paths

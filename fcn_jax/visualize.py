@@ -7,13 +7,12 @@ numpy and PIL load with the module; matplotlib loads when a plot is drawn.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pathlib
-import uuid
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from fcn_jax import files
 
 VOID = 255  # The void/boundary label of VOC label PNGs; drawn in PALETTE[VOID], never named.
 
@@ -83,28 +82,13 @@ def mask_image(mask) -> Image.Image:
     return image
 
 
-@contextlib.contextmanager
-def _atomic(path):
-    """A binary file that replaces `path` only once fully written, so readers and crashes never
-    see half a file; on error the partial file is removed. Creates the parent folder."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_image(image: Image.Image, path: str, **save_kwargs) -> None:
     """Writes `image` atomically, in the format its extension names (the temp file's differs)."""
     extension = pathlib.Path(path).suffix.lower()
     image_format = Image.registered_extensions().get(extension)
     if image_format is None:
         raise ValueError(f"cannot tell an image format from the extension of {path!r}")
-    with _atomic(path) as f:
+    with files.atomic_file(path) as f:
         image.save(f, format=image_format, **save_kwargs)
 
 
@@ -169,7 +153,7 @@ def plot_confusion(cm, names, path: str) -> None:
     ax.set_ylabel("ground truth")
     ax.set_title("Confusion matrix (each row normalised)")
     fig.colorbar(im, ax=ax, label="fraction of the row's pixels")
-    with _atomic(path) as f:
+    with files.atomic_file(path) as f:
         fig.savefig(f, format="png")
 
 
@@ -197,5 +181,5 @@ def plot_iou(iou, names, path: str) -> None:
         ax.legend()
         title += f" (mean {mean:.3f})"
     ax.set_title(title)
-    with _atomic(path) as f:
+    with files.atomic_file(path) as f:
         fig.savefig(f, format="png")
