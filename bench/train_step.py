@@ -23,6 +23,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.peak import matmul_peak  # noqa: E402
 from configs import default  # noqa: E402
 from fcn_jax import sharding, training  # noqa: E402
 
@@ -34,19 +35,6 @@ flags.DEFINE_string("dtype", "float32", "float32 | bfloat16 compute.")
 flags.DEFINE_string("fc6_impl", "matmul", "matmul | conv")
 flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 FLAGS = flags.FLAGS
-
-
-def matmul_peak(dtype, n=4096, repeats=5) -> float:
-    """Best FLOP/s of an n x n x n matmul: the machine's practical peak."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def bench_geometry(geometry: str, peak: float) -> dict:

@@ -69,6 +69,8 @@ def predict(
         _report(message)
     if not paths:
         return summary
+    if jax.process_count() > 1:
+        raise ValueError("predict.py runs on one host; start it without the multi-host flags")
     if not workdir and not config.init_from:
         raise ValueError("give --workdir (a trained run) or --config.init_from (converted weights)")
     restored = evaluation.restore(config, workdir or "", which)
