@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from fcn_jax import checkpointing, convert, files, input_pipeline, metrics, sharding, visualize
 
@@ -33,8 +34,6 @@ def evaluate(programs, params, config, *, num_examples: int = 0, progress: bool 
     ``num_examples`` images of the first batch are also predicted and drawn for
     TensorBoard; ``progress`` shows a progress bar on process 0.
     """
-    from tqdm import tqdm
-
     batches, num_batches = input_pipeline.eval_iterator(config)
     num_classes = config.model.num_classes
     cm = np.zeros((num_classes, num_classes), np.int64)

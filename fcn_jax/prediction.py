@@ -19,6 +19,7 @@ import sys
 import jax
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from fcn_jax import evaluation, input_pipeline, normalization, photos, sharding, transforms
 from fcn_jax import visualize as vis
@@ -61,8 +62,6 @@ def predict(
     ``inference.sliding_window`` larger canvases are tiled instead. ``batch_size``
     0 means dataset.eval_batch_size, at most the number of photos.
     """
-    from tqdm import tqdm
-
     paths, errors = photos.expand_inputs(inputs)
     summary = Summary(failed=list(errors))
     for message in errors:
