@@ -57,10 +57,11 @@ def predict(
     """Segments every photo named by ``inputs`` (files, folders, globs) into ``output``.
 
     The model comes from ``evaluation.restore`` (workdir's ``which`` checkpoint,
-    or config.init_from). Photos with a longer side than ``max_size`` are
-    segmented at that size and the mask scaled back (nearest); with
-    ``inference.sliding_window`` larger canvases are tiled instead. ``batch_size``
-    0 means dataset.eval_batch_size, at most the number of photos.
+    or config.init_from). Photos with a longer side than ``max_size`` (0: no
+    limit) are segmented at that size and the mask scaled back (nearest); with
+    ``inference.sliding_window`` canvases larger than dataset.eval_pad_size are
+    tiled. ``batch_size`` 0 means dataset.eval_batch_size, at most the number of
+    photos.
     """
     paths, errors = photos.expand_inputs(inputs)
     summary = Summary(failed=list(errors))
