@@ -11,7 +11,7 @@ import photo_fixtures
 import pytest
 from PIL import Image
 
-from fcn_jax import convert, normalization, photos, prediction, training
+from fcn_jax import convert, inference, normalization, photos, prediction, training
 from tests.conftest import REPO, SAMPLES, require_samples
 from tests.test_init_from import tiny_params
 from tests.test_photos import pick_sample
@@ -149,3 +149,31 @@ def test_predict_needs_a_workdir_or_weights(tiny_config, tmp_path):
         prediction.predict(
             tiny_config(), None, "best", [str(SAMPLES / "voc" / "JPEGImages")], str(tmp_path)
         )
+
+
+def test_sliding_windows_segment_full_resolution_photos(tiny_config, tmp_path):
+    """max_size=0 keeps the photo's size; windows of eval_pad_size tile its canvas."""
+    config = tiny_config(
+        init_from=str(tmp_path / "weights"),
+        dataset__eval_pad_size=(64, 64),
+        inference__sliding_window=True,
+    )
+    model, params = tiny_weights(config, tmp_path / "weights")
+    photo = np.random.default_rng(0).integers(0, 256, (150, 100, 3), np.uint8)
+    Image.fromarray(photo).save(tmp_path / "big.png")
+    summary = prediction.predict(
+        config, None, "best", [str(tmp_path / "big.png")], str(tmp_path / "out"), max_size=0
+    )
+    assert summary.failed == []
+    canvas = (64 + 2 * 43, 64 + 1 * 43)  # Whole strides of 43 (a third of overlap) past 64.
+    image = np.empty((1, *canvas, 3), np.uint8)
+    image[:] = normalization.mean_rgb_uint8("torch")
+    image[0, :150, :100] = photo
+    scores = inference.predict_scores(
+        lambda x: model.apply({"params": params}, x, train=False),
+        normalization.normalize(image, "torch"),
+        window=(64, 64),
+        stride=(43, 43),
+    )
+    want = np.asarray(jnp.argmax(scores[0, :150, :100], -1), np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "big.png")), want)
