@@ -52,9 +52,12 @@ def evaluate(programs, params, config, *, num_examples: int = 0, progress: bool 
             if seen == 0 and num_examples:
                 examples = _examples(programs, params, local, batch, num_examples)
             seen += 1
-            while len(pending) > _IN_FLIGHT or (pending and seen == num_batches):
+            while len(pending) > _IN_FLIGHT:
                 cm += np.asarray(jax.device_get(pending.popleft()), np.int64)
                 bar.update()
+        while pending:
+            cm += np.asarray(jax.device_get(pending.popleft()), np.int64)
+            bar.update()
     if seen != num_batches:
         raise RuntimeError(f"eval split gave {seen} batches, expected {num_batches}")
     return EvalResult(metrics.segmentation_metrics(cm), cm, examples)
@@ -89,7 +92,7 @@ def _score(value: float) -> str:
 
 
 def format_report(eval_metrics: dict, source: str, split: str, names) -> str:
-    """The four scores, then IoU, accuracy and share of pixels for each class."""
+    """The four scores, then each class's IoU and accuracy (n/a when undefined)."""
     lines = [f"Evaluation of {source} on {split}:"]
     for name, value in scalar_metrics(eval_metrics).items():
         lines.append(f"  {name:20s} {value:.4f}")

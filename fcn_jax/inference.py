@@ -26,6 +26,17 @@ def window_stride(window: Sequence[int], overlap: float) -> tuple[int, int]:
     return tuple(max(1, round(w * (1.0 - overlap))) for w in window)
 
 
+def sliding_windows(config) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(window, stride) from config.inference, or (None, None) when windows are off.
+
+    Windows are dataset.eval_pad_size, so eval canvases and windows agree.
+    """
+    if not config.inference.sliding_window:
+        return None, None
+    window = tuple(config.dataset.eval_pad_size)
+    return window, window_stride(window, config.inference.window_overlap)
+
+
 def _starts(size: int, window: int, stride: int) -> list[int]:
     """Window offsets along one axis: every stride, the last flush with the end."""
     if size <= window:

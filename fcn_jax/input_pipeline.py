@@ -206,7 +206,7 @@ def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
     if config.dataset.name == "synthetic":
         return _synthetic_eval(config, local)
     split = _split(config, config.dataset.eval_split)
-    pad_size, stride = tuple(config.dataset.eval_pad_size), eval_stride(config)
+    pad_size, (_, stride) = tuple(config.dataset.eval_pad_size), inference.sliding_windows(config)
     shapes = split.examples.map(
         lambda ex: tf.image.extract_jpeg_shape(ex["image"])[:2],
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -238,13 +238,6 @@ def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
         ds = ds.concatenate(part)
     ds = ds.with_options(_options()).prefetch(config.dataset.prefetch)
     return ds.as_numpy_iterator(), num_batches
-
-
-def eval_stride(config) -> tuple[int, int] | None:
-    """How far apart sliding windows are, when inference.sliding_window is on."""
-    if not config.inference.sliding_window:
-        return None
-    return inference.window_stride(config.dataset.eval_pad_size, config.inference.window_overlap)
 
 
 def _agree_on_buckets(counts: dict) -> list[tuple[tuple[int, int], int]]:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fcn_jax import evaluation, input_pipeline, normalization, photos, sharding, transforms
+from fcn_jax import evaluation, inference, normalization, photos, sharding, transforms
 from fcn_jax import visualize as vis
 
 
@@ -159,7 +159,7 @@ class _Runner:
         wanted = batch_size or min(config.dataset.eval_batch_size, count)
         self.batch_size = -(-wanted // data) * data  # Whole batches for the "data" axis.
         self.pad_size = tuple(config.dataset.eval_pad_size)
-        self.stride = input_pipeline.eval_stride(config)
+        self.stride = inference.sliding_windows(config)[1]
         self.mean = normalization.mean_rgb_uint8(config.dataset.normalization)
         self.waiting: dict[tuple[int, int], list[_Photo]] = collections.defaultdict(list)
 

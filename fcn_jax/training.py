@@ -109,7 +109,7 @@ def make_train_step(model: models.FCN, tx, config):
 def make_scores_fn(model: models.FCN, config):
     """(params, uint8 images) -> class scores, with the config's test-time augmentation."""
     normalization, options = config.dataset.normalization, config.inference
-    window = tuple(config.dataset.eval_pad_size) if options.sliding_window else None
+    window, stride = inference.sliding_windows(config)
 
     def scores(params, images):
         return inference.predict_scores(
@@ -118,7 +118,7 @@ def make_scores_fn(model: models.FCN, config):
             scales=tuple(options.scales),
             flip=options.flip,
             window=window,
-            stride=input_pipeline.eval_stride(config),
+            stride=stride,
         )
 
     return scores
