@@ -41,23 +41,28 @@ def first_params(config, workdir):
         manager.close()
 
 
-def test_fcn16s_starts_from_an_fcn32s(tiny_config, tmp_path):
-    """The paper's staging: every layer both nets have is taken; the new skip starts at zero."""
-    weights = tiny_params("fcn32s")
-    convert.save_weights(
-        str(tmp_path / "w"), weights, variant="fcn32s", num_classes=4, normalization="torch"
-    )
+def start_fcn16s_from(tiny_config, init_from, workdir):
+    """The parameters an FCN-16s started from ``init_from`` has after one step at rate 0."""
     config = tiny_config(
         model__variant="fcn16s",
-        init_from=str(tmp_path / "w"),
+        init_from=str(init_from),
         num_train_steps=1,
         checkpoint_every_steps=1,
         optimizer__learning_rate=0.0,
         optimizer__warmup_steps=0,
         optimizer__weight_decay=0.0,
     )
-    training.train_and_evaluate(config, str(tmp_path / "run"))
-    params = first_params(config, tmp_path / "run")
+    training.train_and_evaluate(config, str(workdir))
+    return first_params(config, workdir)
+
+
+def test_fcn16s_starts_from_an_fcn32s(tiny_config, tmp_path):
+    """The paper's staging: every layer both nets have is taken; the new skip starts at zero."""
+    weights = tiny_params("fcn32s")
+    convert.save_weights(
+        str(tmp_path / "w"), weights, variant="fcn32s", num_classes=4, normalization="torch"
+    )
+    params = start_fcn16s_from(tiny_config, tmp_path / "w", tmp_path / "run")
     for name in (*models.BACKBONE_LAYERS, "score_fr"):
         for key in weights[name]:
             np.testing.assert_allclose(params[name][key], weights[name][key], rtol=1e-6)
@@ -166,16 +171,7 @@ def test_staged_training_starts_from_another_runs_best_checkpoint(tiny_config, t
     stage1 = tiny_config(model__variant="fcn32s", num_train_steps=2)
     training.train_and_evaluate(stage1, str(tmp_path / "fcn32s"))
     trained = first_params(stage1, tmp_path / "fcn32s")  # Step 2 is the only one evaluated.
-    stage2 = tiny_config(
-        model__variant="fcn16s",
-        init_from=str(tmp_path / "fcn32s"),
-        num_train_steps=1,
-        checkpoint_every_steps=1,
-        optimizer__learning_rate=0.0,
-        optimizer__weight_decay=0.0,
-    )
-    training.train_and_evaluate(stage2, str(tmp_path / "fcn16s"))
-    params = first_params(stage2, tmp_path / "fcn16s")
+    params = start_fcn16s_from(tiny_config, tmp_path / "fcn32s", tmp_path / "fcn16s")
     for name in (*models.BACKBONE_LAYERS, "score_fr"):
         for key in trained[name]:
             np.testing.assert_allclose(params[name][key], trained[name][key], rtol=1e-6)

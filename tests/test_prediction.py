@@ -47,14 +47,22 @@ def photo_dir(tmp_path_factory):
     return root / "all", made
 
 
-def expected_mask(model, params, photo, canvas):
-    """The argmax of the model's logits over the photo padded (mean colour) to the canvas."""
-    height, width = photo.shape[:2]
+def padded(photo, canvas):
+    """The photo padded with the mean colour to the canvas, normalised, as a batch of one."""
     image = np.empty((1, *canvas, 3), np.uint8)
     image[:] = normalization.mean_rgb_uint8("torch")
-    image[0, :height, :width] = photo
-    logits = model.apply({"params": params}, normalization.normalize(image, "torch"), train=False)
-    return np.asarray(jnp.argmax(logits[0, :height, :width], -1), np.uint8)
+    image[0, : photo.shape[0], : photo.shape[1]] = photo
+    return normalization.normalize(image, "torch")
+
+
+def argmax_in(scores, photo):
+    """The class indices of the photo's own pixels."""
+    return np.asarray(jnp.argmax(scores[0, : photo.shape[0], : photo.shape[1]], -1), np.uint8)
+
+
+def expected_mask(model, params, photo, canvas):
+    """The argmax of the model's logits over the photo padded (mean colour) to the canvas."""
+    return argmax_in(model.apply({"params": params}, padded(photo, canvas), train=False), photo)
 
 
 def test_masks_have_the_displayed_size_and_are_the_logits_argmax(tiny_config, tmp_path, photo_dir):
@@ -166,14 +174,11 @@ def test_sliding_windows_segment_full_resolution_photos(tiny_config, tmp_path):
     )
     assert summary.failed == []
     canvas = (64 + 2 * 43, 64 + 1 * 43)  # Whole strides of 43 (a third of overlap) past 64.
-    image = np.empty((1, *canvas, 3), np.uint8)
-    image[:] = normalization.mean_rgb_uint8("torch")
-    image[0, :150, :100] = photo
     scores = inference.predict_scores(
         lambda x: model.apply({"params": params}, x, train=False),
-        normalization.normalize(image, "torch"),
+        padded(photo, canvas),
         window=(64, 64),
         stride=(43, 43),
     )
-    want = np.asarray(jnp.argmax(scores[0, :150, :100], -1), np.uint8)
+    want = argmax_in(scores, photo)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "big.png")), want)
