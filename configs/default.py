@@ -36,7 +36,8 @@ def get_config():
     config.dataset.eval_split = "validation"  # voc_sbd: voc_val | seg11valid | ...
     config.dataset.class_names = ()  # folder: class names in index order (optional).
     config.dataset.image_size = (96, 96)  # synthetic: (height, width) of every image.
-    config.dataset.crop_size = (512, 512)  # voc_sbd/folder: training crop (height, width).
+    # Training augmentation of voc_sbd/folder data; synthetic images come unaugmented.
+    config.dataset.crop_size = (512, 512)  # Training crop (height, width).
     config.dataset.scale_range = (0.5, 2.0)  # Random scale before cropping.
     config.dataset.flip = True  # Random horizontal flip.
     config.dataset.color_jitter = 0.0  # Brightness/contrast jitter strength; 0 = off.
@@ -80,7 +81,9 @@ def get_config():
     config.mesh.shape = (-1, 1)  # (data, model); -1 takes all remaining devices.
     config.mesh.param_sharding = "replicated"  # replicated | model (fc6/fc7 tensor parallel) | fsdp
 
-    config.seed = 0  # Initialisation and dropout.
+    # Initialisation, dropout, the data order and augmentation (synthetic: the training
+    # images; its validation set is the same for every seed).
+    config.seed = 0
     config.batch_size = 8  # Global, over all devices and hosts.
     config.num_train_steps = 20_000
     config.log_every_steps = 50

@@ -141,13 +141,13 @@ def train_iterator(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndar
     split = _split(config, config.dataset.train_split)
     examples = split.examples.cache() if config.dataset.cache else split.examples
     # A seeded reshuffle every epoch; skipping encoded records is cheap, decoding is not.
-    first = start_step * local
     examples = (
         examples.shuffle(split.size, seed=config.seed, reshuffle_each_iteration=True)
         .repeat()
-        .skip(first)
+        .skip(start_step * local)
     )
-    indices = tf.data.Dataset.range(first, _STREAM_END)
+    # Augmentations are seeded by the global index, so no two processes draw alike.
+    indices = _global_indices(start_step, global_batch, local)
     ds_config = config.dataset
     mean = normalization.mean_rgb_uint8(ds_config.normalization)
 
@@ -171,16 +171,30 @@ def train_iterator(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndar
     return _finish(ds, local, ds_config.prefetch)
 
 
-def _synthetic_train(config, start_step, global_batch, local):
-    """Global batch s holds synthetic examples s*B ... s*B + B-1; process p takes its slice."""
+def _global_indices(start_step: int, global_batch: int, local: int) -> tf.data.Dataset:
+    """Indices in the global training stream of this process's examples from start_step on.
+
+    Global batch s holds stream indices s*B ... s*B + B-1; process p takes its slice.
+    """
     offset = jax.process_index() * local
 
     def to_global(k):  # k-th local example -> index in the training stream.
         return (k // local) * global_batch + offset + k % local
 
-    indices = tf.data.Dataset.range(start_step * local, _STREAM_END).map(to_global)
+    return tf.data.Dataset.range(start_step * local, _STREAM_END).map(to_global)
+
+
+def _synthetic_train(config, start_step, global_batch, local):
+    """Example i of the global stream is synthetic training image i of the config's seed.
+
+    The synthetic images are drawn at dataset.image_size, unaugmented: crop_size,
+    scale_range, flip and color_jitter apply to voc_sbd and folder data.
+    """
     ds = synthetic.as_tf_dataset(
-        indices, split=config.dataset.train_split, image_size=tuple(config.dataset.image_size)
+        _global_indices(start_step, global_batch, local),
+        split=config.dataset.train_split,
+        image_size=tuple(config.dataset.image_size),
+        seed=config.seed,
     )
     return _finish(ds, local, config.dataset.prefetch)
 
@@ -271,7 +285,7 @@ def _synthetic_eval(config, local):
     start, stop = total * index // count, total * (index + 1) // count
     largest_share = -(-total // count)
     num_batches = -(-largest_share // local)
-    ds = synthetic.as_tf_dataset(
+    ds = synthetic.as_tf_dataset(  # Seed 0 whatever config.seed: one validation set for all.
         tf.data.Dataset.range(start, stop),
         split=config.dataset.eval_split,
         image_size=tuple(config.dataset.image_size),

@@ -6,6 +6,7 @@ import pytest
 
 from fcn_jax import input_pipeline, normalization
 from fcn_jax.datasets import synthetic
+from tests.conftest import SAMPLES, require_samples
 
 
 def as_processes(monkeypatch, index, count):
@@ -97,3 +98,55 @@ def test_normalization_modes():
         assert float(jnp.abs(normalization.normalize(mean, mode)).max()) <= half_level + 1e-6
     with pytest.raises(ValueError, match="'bgr'"):
         normalization.normalize(pixel, "bgr")
+
+
+def identical_pairs(root, count):
+    """A VOC-layout folder of ``count`` ids that all hold the same real image and label."""
+    require_samples()
+    source = sorted((SAMPLES / "voc" / "SegmentationClass").glob("*.png"))[0].stem
+    for sub, ext in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / sub).mkdir(parents=True)
+        for i in range(count):
+            (root / sub / f"copy{i}{ext}").symlink_to(SAMPLES / "voc" / sub / f"{source}{ext}")
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("".join(f"copy{i}\n" for i in range(count)))
+    return root
+
+
+def test_every_example_of_a_global_batch_has_its_own_augmentation(
+    tiny_config, monkeypatch, tmp_path
+):
+    """Real data on 2 processes: process p's share is the p-th slice of the 1-process batch.
+
+    All examples hold the same image, so the batches differ only by their augmentation
+    draws: a process seeding them with its local stream position repeats the others' draws.
+    """
+    root = identical_pairs(tmp_path, 8)
+    config = tiny_config(
+        dataset__name="folder",
+        dataset__data_dir=str(root),
+        dataset__train_split="train",
+        dataset__crop_size=(64, 64),
+        model__num_classes=21,
+        batch_size=4,
+    )
+    whole = next(input_pipeline.train_iterator(config, start_step=5))
+    assert len({im.tobytes() for im in whole["image"]}) == 4  # Four different draws.
+    parts = []
+    for index in range(2):
+        as_processes(monkeypatch, index, 2)
+        parts.append(next(input_pipeline.train_iterator(config, start_step=5)))
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+
+
+def test_the_seed_sets_the_synthetic_training_data_not_the_validation_set(tiny_config):
+    a = next(input_pipeline.train_iterator(tiny_config(seed=0)))
+    b = next(input_pipeline.train_iterator(tiny_config(seed=1)))
+    again = next(input_pipeline.train_iterator(tiny_config(seed=1)))
+    assert not np.array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(b["image"], again["image"])
+    val_a = next(input_pipeline.eval_iterator(tiny_config(seed=0))[0])
+    val_b = next(input_pipeline.eval_iterator(tiny_config(seed=1))[0])
+    np.testing.assert_array_equal(val_a["label"], val_b["label"])  # Comparable evaluations.
