@@ -18,8 +18,8 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 STATE, CONFIG = "state", "config"
 BEST_METRIC = "mean_iou"
-# Fields that fix the parameter shapes: a checkpoint with others cannot be resumed.
-MODEL_FIELDS = ("variant", "num_classes", "geometry", "base_width", "fc_width")
+# Fields that fix the parameters' shapes or meaning: a checkpoint with others cannot be resumed.
+MODEL_FIELDS = ("variant", "num_classes", "geometry", "at_once", "base_width", "fc_width")
 
 
 class CheckpointMismatchError(ValueError):

@@ -257,12 +257,31 @@ NORMALIZATION = {"fcn": "caffe", "torchvision": "torch", "caffe": "caffe", "kera
 _META = "fcn_jax_weights.json"
 
 
-def save_weights(path: str, params, *, variant: str, num_classes: int, normalization: str) -> None:
-    """Writes params (orbax) and what they are (JSON) for ``--config.init_from=path``."""
+def save_weights(
+    path: str,
+    params,
+    *,
+    variant: str,
+    num_classes: int,
+    normalization: str,
+    geometry: str | None = None,
+    at_once: bool | None = None,
+) -> None:
+    """Writes params (orbax) and what they are (JSON) for ``--config.init_from=path``.
+
+    ``geometry`` and ``at_once`` describe the head the score layers were trained
+    with; None (a backbone alone) fits any head. Weights with score layers must
+    give both: run in another geometry, or with skips 100x and 10,000x off, they
+    would give wrong results without an error.
+    """
     import os
 
     import orbax.checkpoint as ocp
 
+    if set(params) - set(models.BACKBONE_LAYERS) and (geometry is None or at_once is None):
+        raise ConversionError(
+            "weights with score layers must record the geometry and at_once they were trained with"
+        )
     path = os.path.abspath(path)
     if os.path.exists(path):
         raise ConversionError(f"{path} exists; choose a new --output")
@@ -273,13 +292,16 @@ def save_weights(path: str, params, *, variant: str, num_classes: int, normaliza
         "variant": variant,
         "num_classes": num_classes,
         "normalization": normalization,
+        "geometry": geometry,
+        "at_once": at_once,
         "layers": sorted(params),
     }
     files.write_json(os.path.join(path, _META), meta)
 
 
 def load_meta(path: str) -> dict:
-    """What a ``save_weights`` directory holds: variant, num_classes, normalization, layers."""
+    """What a ``save_weights`` directory holds: variant, num_classes, normalization,
+    geometry, at_once (None: a backbone, any head) and layers."""
     import json
     import os
 
@@ -291,6 +313,27 @@ def load_meta(path: str) -> dict:
         )
     with open(meta_file) as f:
         return json.load(f)
+
+
+def check_head(meta: dict, model_config, layers, path: str) -> None:
+    """Refuses score layers trained for another geometry or at-once setting than the config's.
+
+    ``layers`` are the ones taken from the weights; a backbone fits every head.
+    """
+    if not set(layers) - set(models.BACKBONE_LAYERS):
+        return
+    skips = {"score_pool4", "score_pool3"} & set(layers)
+    checks = [("geometry", meta.get("geometry"))]
+    if skips:  # at_once scales the features that the skip layers score.
+        checks.append(("at_once", meta.get("at_once")))
+    for field, recorded in checks:
+        if recorded is not None and recorded != model_config[field]:
+            raise ConversionError(
+                f"init_from={path!r} holds {meta.get('variant')} score layers trained with "
+                f"model.{field}={recorded!r}, but the config has model.{field}="
+                f"{model_config[field]!r}: add --config.model.{field}={recorded}, or take only "
+                "the backbone (--config.init_layers)"
+            )
 
 
 def load_weights(path: str):
@@ -307,7 +350,9 @@ def load_weights(path: str):
 def merge_into(params, weights, layers=(), source: str = "init_from"):
     """A copy of ``params`` with the layers of ``weights`` (all the model has, or ``layers``).
 
-    Shapes must match; a requested layer that either side lacks is an error.
+    Shapes must match; a requested layer that either side lacks is an error. The
+    taken leaves become float32 numpy arrays; the others stay what they were (jax
+    arrays are not fetched: on several hosts they need not be addressable here).
     Returns (new params, names of the layers taken).
     """
     wanted = tuple(layers) or tuple(n for n in weights if n in params)
@@ -317,7 +362,7 @@ def merge_into(params, weights, layers=(), source: str = "init_from"):
             f"init layers {problems} are missing from the weights (which have "
             f"{sorted(weights)}) or from the model (which has {sorted(params)})"
         )
-    out = {k: dict(v) for k, v in jax.device_get(params).items()}
+    out = {k: dict(v) for k, v in params.items()}
     for name in wanted:
         for key, value in weights[name].items():
             want = np.shape(out[name][key])
@@ -348,12 +393,15 @@ def main(argv):
         zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
         full = load_backbone(zeros, flags_.input, flags_.layout)
         params = {n: full[n] for n in models.BACKBONE_LAYERS}
+    whole = flags_.layout == "fcn"  # The published FCNs are caffe-geometry nets.
     save_weights(
         flags_.output,
         params,
         variant=variant,
         num_classes=num_classes,
         normalization=NORMALIZATION[flags_.layout],
+        geometry="caffe" if whole else None,
+        at_once=flags_.at_once if whole else None,
     )
     print(f"Wrote {sorted(params)} to {flags_.output} ({NORMALIZATION[flags_.layout]} inputs)")
 

@@ -125,3 +125,16 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
         for k, v in local_batch.items()
     }
+
+
+def put(tree, shardings):
+    """``tree`` on ``shardings``: numpy leaves (the same on every process) are placed shard by
+    shard, so a sharding that spans several hosts works; jax arrays are kept as they are."""
+
+    def one(leaf, sharding):
+        if isinstance(leaf, jax.Array):
+            return leaf
+        leaf = np.asarray(leaf)
+        return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
+
+    return jax.tree.map(one, tree, shardings)

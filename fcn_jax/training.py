@@ -325,6 +325,8 @@ def load_init(path: str, params: bool = True):
             "variant": saved.model.variant,
             "num_classes": saved.model.num_classes,
             "normalization": saved.dataset.normalization,
+            "geometry": saved.model.geometry,
+            "at_once": saved.model.at_once,
             "checkpoint": step,
         }
         if not params:
@@ -345,9 +347,9 @@ def _init_from(state: TrainState, programs: Programs, config) -> TrainState:
     """The fresh state with the layers taken from config.init_from."""
     weights, meta = load_init(config.init_from)
     params, taken = convert.merge_into(state.params, weights, config.init_layers)
+    convert.check_head(meta, config.model, taken, config.init_from)
     logging.info("Initialised %s from %s (%s)", list(taken), config.init_from, meta)
-    params = jax.device_put(params, programs.state_shardings.params)
-    return state.replace(params=params)
+    return state.replace(params=sharding.put(params, programs.state_shardings.params))
 
 
 def _write_eval_summaries(writer, step: int, result, config) -> None:

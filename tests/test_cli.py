@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import checkpointing, sharding, training
+from fcn_jax import checkpointing, convert, sharding, training
 from tests.conftest import REPO
+from tests.test_init_from import SAME_HEAD, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -119,8 +120,26 @@ def restored_params(workdir, config):
 
 
 def test_two_processes_train_like_one(tmp_path, tiny_config):
-    """Two processes on 127.0.0.1 (gloo, 2 CPU devices each) == one process with 4."""
-    args = [*TINY, "--config.dataset.eval_batch_size=16"]
+    """Two processes on 127.0.0.1 (gloo, 2 CPU devices each) == one process with 4.
+
+    Both start from converted weights with fc6/fc7 split FSDP-style over the hosts, so
+    the weights are placed onto shards that no single process holds entirely.
+    """
+    config = tiny_config()  # The same model as TINY.
+    convert.save_weights(
+        str(tmp_path / "w"),
+        tiny_params("fcn8s", config.model.num_classes),
+        variant="fcn8s",
+        num_classes=config.model.num_classes,
+        normalization="torch",
+        **SAME_HEAD,
+    )
+    args = [
+        *TINY,
+        "--config.dataset.eval_batch_size=16",
+        "--config.mesh.param_sharding=fsdp",
+        f"--config.init_from={tmp_path / 'w'}",
+    ]
     single = run("train.py", *args, f"--workdir={tmp_path / 'one'}", devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
 
@@ -149,7 +168,6 @@ def test_two_processes_train_like_one(tmp_path, tiny_config):
         assert p.returncode == 0, out[-3000:]
     assert "Process 1 of 2; 2 local of 4 devices" in outputs[1]
 
-    config = tiny_config()  # The same model as TINY.
     one = restored_params(tmp_path / "one", config)
     two = restored_params(tmp_path / "two", config)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), one, two)

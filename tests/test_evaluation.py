@@ -19,7 +19,7 @@ from fcn_jax import (
     training,
     visualize,
 )
-from tests.test_init_from import tiny_params
+from tests.test_init_from import SAME_HEAD, tiny_params
 
 
 def one_device(config):
@@ -121,6 +121,7 @@ def test_evaluates_converted_weights_of_a_whole_fcn(tiny_config, tmp_path):
         variant="fcn8s",
         num_classes=4,
         normalization="torch",
+        **SAME_HEAD,
     )
     config = tiny_config(init_from=str(tmp_path / "w"), dataset__normalization="")
     result, restored = evaluation.evaluate_checkpoint(config, str(tmp_path / "run"))
@@ -134,7 +135,12 @@ def test_a_backbone_is_not_evaluated_as_a_whole_fcn(tiny_config, tmp_path):
     params = tiny_params("fcn8s")
     backbone = {k: v for k, v in params.items() if k not in ("score_fr", "score_pool4")}
     convert.save_weights(
-        str(tmp_path / "w"), backbone, variant="fcn8s", num_classes=4, normalization="torch"
+        str(tmp_path / "w"),
+        backbone,
+        variant="fcn8s",
+        num_classes=4,
+        normalization="torch",
+        **SAME_HEAD,
     )
     config = tiny_config(init_from=str(tmp_path / "w"))
     with pytest.raises(ValueError, match=r"lacks \['score_fr', 'score_pool4'\].*not a backbone"):

@@ -5,7 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcn_jax import checkpointing, convert, models, training
+from fcn_jax import checkpointing, convert, evaluation, models, training
+
+
+# The head of the tiny test configs (the demo's): weights with score layers record it.
+SAME_HEAD = {"geometry": "same", "at_once": False}
 
 
 def tiny_params(variant, num_classes=4, seed=0):
@@ -60,7 +64,8 @@ def test_fcn16s_starts_from_an_fcn32s(tiny_config, tmp_path):
     """The paper's staging: every layer both nets have is taken; the new skip starts at zero."""
     weights = tiny_params("fcn32s")
     convert.save_weights(
-        str(tmp_path / "w"), weights, variant="fcn32s", num_classes=4, normalization="torch"
+        str(tmp_path / "w"), weights, variant="fcn32s", num_classes=4, normalization="torch",
+        **SAME_HEAD,
     )
     params = start_fcn16s_from(tiny_config, tmp_path / "w", tmp_path / "run")
     for name in (*models.BACKBONE_LAYERS, "score_fr"):
@@ -98,6 +103,7 @@ def test_weights_of_another_num_classes_are_refused_by_layer(tiny_config, tmp_pa
         variant="fcn8s",
         num_classes=7,
         normalization="caffe",
+        **SAME_HEAD,
     )
     config = tiny_config(init_from=str(tmp_path / "w"))
     with pytest.raises(
@@ -145,6 +151,8 @@ def test_convert_cli_writes_weights_that_train_reads(tmp_path):
         "variant": "fcn8s",
         "num_classes": 4,
         "normalization": "caffe",
+        "geometry": "caffe",  # The published FCNs are caffe nets.
+        "at_once": False,
         "layers": sorted(params),
     }
     jax.tree.map(np.testing.assert_array_equal, weights, params)
@@ -187,3 +195,27 @@ def test_a_state_dict_of_another_variant_is_named():
         convert.from_torch_state_dict(state, "fcn8s", 4)
     converted = convert.from_torch_state_dict(state, "fcn32s", 4)
     jax.tree.map(np.testing.assert_array_equal, converted, params)
+
+
+@pytest.mark.parametrize("field, recorded", [("geometry", "caffe"), ("at_once", True)])
+def test_score_layers_of_another_head_are_refused_naming_the_field(
+    tiny_config, tmp_path, field, recorded
+):
+    """Caffe-geometry weights run as `same`, or at-once weights without at_once, are wrong."""
+    convert.save_weights(
+        str(tmp_path / "w"),
+        tiny_params("fcn8s"),
+        variant="fcn8s",
+        num_classes=4,
+        normalization="caffe",
+        **{**SAME_HEAD, field: recorded},
+    )
+    config = tiny_config(init_from=str(tmp_path / "w"))
+    message = rf"model\.{field}={recorded!r}.*add --config\.model\.{field}={recorded}"
+    with pytest.raises(convert.ConversionError, match=message):
+        evaluation.restore(config, str(tmp_path / "run"))  # eval.py and predict.py
+    with pytest.raises(convert.ConversionError, match=message):
+        training.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints" / "1").exists()
+    config.model[field] = recorded  # The weights' own head is accepted.
+    assert evaluation.restore(config, str(tmp_path / "run")).source.startswith("weights")

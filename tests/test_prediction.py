@@ -26,6 +26,8 @@ def tiny_weights(config, path):
         variant=config.model.variant,
         num_classes=config.model.num_classes,
         normalization="torch",
+        geometry=config.model.geometry,
+        at_once=config.model.at_once,
     )
     return training.build_model(config), params
 

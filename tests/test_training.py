@@ -170,6 +170,8 @@ def test_resuming_a_workdir_of_another_model_is_refused(tiny_config, tmp_path):
         train(tiny_config(num_train_steps=4, model__num_classes=5), tmp_path)
     with pytest.raises(checkpointing.CheckpointMismatchError, match=r"model.variant"):
         train(tiny_config(num_train_steps=4, model__variant="fcn16s"), tmp_path)
+    with pytest.raises(checkpointing.CheckpointMismatchError, match=r"model.at_once"):
+        train(tiny_config(num_train_steps=4, model__at_once=True), tmp_path)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # Nothing overwritten.
 
 
