@@ -30,6 +30,17 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def has_checkpoints(workdir: str | None) -> bool:
+    """Whether ``workdir`` holds a checkpoint (an unset workdir holds none)."""
+    if not workdir or not os.path.isdir(checkpoint_dir(workdir)):
+        return False
+    manager = make_manager(workdir, read_only=True)
+    try:
+        return bool(manager.all_steps())
+    finally:
+        manager.close()
+
+
 def make_manager(workdir: str, keep: int = 2, *, read_only: bool = False) -> ocp.CheckpointManager:
     policy = cm.AnyPreservationPolicy(
         [

@@ -136,18 +136,27 @@ class Restored(NamedTuple):
     tag: str  # Short name for report files: the step, or the weights' folder name.
 
 
-def restore(config, workdir: str, which: str = "best") -> Restored:
-    """The trained parameters to run: config.init_from when set, else the workdir's ``which``.
+def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Restored:
+    """The trained parameters to run: the workdir's ``which`` checkpoint, else config.init_from.
 
     ``which`` is best (by eval mean IoU) | latest | a step number; ``init_from`` is
-    converted weights of a whole FCN or another run's workdir. Compiles the steps
-    for the current devices, which need not be those that trained the model.
+    converted weights of a whole FCN or another run's workdir. A workdir with
+    checkpoints wins over init_from, which only started its training. Compiles the
+    steps for ``mesh`` (default: config.mesh.shape over the current devices, which
+    need not be those that trained the model).
     """
     from fcn_jax import training  # training imports this module.
 
     training.validate_config(config)
-    mesh = sharding.make_mesh(config.mesh.shape)
-    if config.init_from:
+    mesh = mesh or sharding.make_mesh(config.mesh.shape)
+    trained = checkpointing.has_checkpoints(workdir)
+    if config.init_from and trained:
+        logging.warning(
+            "Using the checkpoints of --workdir=%s; config.init_from=%s only started that run",
+            workdir,
+            config.init_from,
+        )
+    if config.init_from and not trained:
         training.resolve_normalization(config, None, None)
         programs = training.compile_steps(config, mesh)
         weights, meta = training.load_init(config.init_from)
@@ -157,6 +166,8 @@ def restore(config, workdir: str, which: str = "best") -> Restored:
         name = os.path.basename(os.path.normpath(config.init_from))
         step = meta.get("checkpoint")
         return Restored(programs, params, step, f"weights {config.init_from}", name)
+    if not workdir:
+        raise ValueError("give --workdir (a trained run) or --config.init_from (converted weights)")
     manager = checkpointing.make_manager(workdir, read_only=True)
     try:
         step = checkpointing.resolve_step(manager, which)

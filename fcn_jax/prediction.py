@@ -71,9 +71,7 @@ def predict(
         return summary
     if jax.process_count() > 1:
         raise ValueError("predict.py runs on one host; start it without the multi-host flags")
-    if not workdir and not config.init_from:
-        raise ValueError("give --workdir (a trained run) or --config.init_from (converted weights)")
-    restored = evaluation.restore(config, workdir or "", which)
+    restored = evaluation.restore(config, workdir, which)
     runner = _Runner(config, restored, len(paths), batch_size)
     names = vis.class_names(config)
     os.makedirs(output, exist_ok=True)

@@ -7,7 +7,6 @@ import pytest
 
 from fcn_jax import checkpointing, convert, evaluation, models, training
 
-
 # The head of the tiny test configs (the demo's): weights with score layers record it.
 SAME_HEAD = {"geometry": "same", "at_once": False}
 
@@ -64,7 +63,11 @@ def test_fcn16s_starts_from_an_fcn32s(tiny_config, tmp_path):
     """The paper's staging: every layer both nets have is taken; the new skip starts at zero."""
     weights = tiny_params("fcn32s")
     convert.save_weights(
-        str(tmp_path / "w"), weights, variant="fcn32s", num_classes=4, normalization="torch",
+        str(tmp_path / "w"),
+        weights,
+        variant="fcn32s",
+        num_classes=4,
+        normalization="torch",
         **SAME_HEAD,
     )
     params = start_fcn16s_from(tiny_config, tmp_path / "w", tmp_path / "run")
@@ -219,3 +222,26 @@ def test_score_layers_of_another_head_are_refused_naming_the_field(
     assert not (tmp_path / "run" / "checkpoints" / "1").exists()
     config.model[field] = recorded  # The weights' own head is accepted.
     assert evaluation.restore(config, str(tmp_path / "run")).source.startswith("weights")
+
+
+def test_a_trained_workdir_wins_over_the_init_from_that_started_it(tiny_config, tmp_path):
+    """eval.py/predict.py with the training flags evaluate the trained run, not its start."""
+    weights = tiny_params("fcn8s")
+    convert.save_weights(
+        str(tmp_path / "w"),
+        weights,
+        variant="fcn8s",
+        num_classes=4,
+        normalization="torch",
+        **SAME_HEAD,
+    )
+    config = tiny_config(init_from=str(tmp_path / "w"), num_train_steps=2)
+    training.train_and_evaluate(config, str(tmp_path / "run"))
+    restored = evaluation.restore(config, str(tmp_path / "run"), "latest")
+    assert (restored.step, restored.source) == (2, f"checkpoint 2 of {tmp_path / 'run'}")
+    params = jax.device_get(restored.params)
+    jax.tree.map(np.testing.assert_array_equal, params, first_params(config, tmp_path / "run"))
+    assert not np.allclose(params["score_fr"]["kernel"], weights["score_fr"]["kernel"])
+    # Without checkpoints in the workdir, init_from is what there is to run.
+    fresh = evaluation.restore(config, str(tmp_path / "empty"))
+    assert (fresh.step, fresh.source) == (None, f"weights {tmp_path / 'w'}")
