@@ -80,11 +80,30 @@ def test_unknown_option_is_refused():
         fcn8s.get_config("papers")
 
 
-@pytest.mark.parametrize("name, lr", [("fcn32s", 1e-10), ("fcn16s", 1e-12), ("fcn8s", 1e-14)])
-def test_caffe_recipe(name, lr):
-    config = importlib.import_module(f"configs.{name}").get_config("paper,caffe")
-    assert config.optimizer.learning_rate == lr
+@pytest.mark.parametrize(
+    "name, options, lr, steps",
+    [
+        # The reference solver.prototxt files: voc-fcn32s, voc-fcn16s, voc-fcn8s, -atonce.
+        ("fcn32s", "", 1e-10, 100_000),
+        ("fcn16s", "", 1e-12, 100_000),
+        ("fcn8s", "", 1e-14, 100_000),
+        ("fcn8s", ",at_once", 1e-10, 300_000),
+    ],
+)
+def test_caffe_recipe(name, options, lr, steps):
+    config = importlib.import_module(f"configs.{name}").get_config("paper,caffe" + options)
+    assert (config.optimizer.learning_rate, config.num_train_steps) == (lr, steps)
+    assert config.model.at_once == bool(options)
     assert (config.optimizer.momentum, config.batch_size, config.loss_reduction) == (0.99, 1, "sum")
     assert (config.optimizer.bias_lr_mult, config.optimizer.weight_decay) == (2.0, 5e-4)
     assert (config.model.geometry, config.dataset.eval_split) == ("caffe", "seg11valid")
     validate_config(config)
+
+
+def test_at_once_is_an_fcn8s_recipe():
+    from configs import fcn16s, fcn8s
+
+    assert fcn8s.get_config("at_once").model.at_once
+    assert fcn8s.get_config("at_once").optimizer.learning_rate == 0.01  # Batched recipe.
+    with pytest.raises(ValueError, match="at_once is an FCN-8s recipe, not one for fcn16s"):
+        fcn16s.get_config("at_once")
