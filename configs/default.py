@@ -42,6 +42,10 @@ def get_config():
     config.dataset.flip = True  # Random horizontal flip.
     config.dataset.color_jitter = 0.0  # Brightness/contrast jitter strength; 0 = off.
     config.dataset.eval_pad_size = (512, 512)  # Eval images padded (label 255) to this size.
+    # Evaluate (and predict) every image at its own size, unpadded, as the reference
+    # FCN scoring does: exact for the caffe geometry, one compiled step per distinct
+    # image size. False pads to eval_pad_size buckets: one compile, faster.
+    config.dataset.eval_native_size = False
     config.dataset.cache = True  # Keep the encoded training split in host memory.
     # caffe (BGR - mean) | torch (ImageNet mean/std) | "" = what the init_from weights
     # expect (recorded by fcn_jax.convert), or caffe when training from scratch.

@@ -12,7 +12,9 @@ Expected: about 65 mean IoU on VOC 2012 val from ImageNet VGG-16 weights (a batc
 VGG-16-BN FCN-8s reaches 64.7); from scratch far less (~30).
 
 Options:
-  paper    the FCN paper's protocol: train on sbd_train (8,498), evaluate on seg11valid (736).
+  paper    the FCN paper's protocol: train on sbd_train (8,498), evaluate on seg11valid (736),
+           every image at its own size, unpadded, as the reference scoring does (one
+           compiled eval step per distinct image size; caffe does this too).
   caffe    the reference Caffe optimisation: batch 1 whole images (padded to 512, no
            augmentation), `caffe` geometry, float32, SGD momentum 0.99, unnormalised loss,
            learning rate 1e-10 (32s) / 1e-12 (16s) / 1e-14 (8s), weight decay 5e-4 on
@@ -62,6 +64,8 @@ def get_config(options: str = "", variant: str = "fcn8s"):
     config.dataset.name = "voc_sbd"
     protocol = "paper" if "paper" in chosen else "standard"
     config.dataset.train_split, config.dataset.eval_split = PROTOCOLS[protocol]
+    # The reference scores every image alone at its own size; padding changes the result.
+    config.dataset.eval_native_size = "paper" in chosen or "caffe" in chosen
     config.dataset.crop_size = (512, 512)
 
     config.optimizer.name = "sgd"

@@ -10,8 +10,9 @@ stream from ``start_step`` holds exactly the examples (and augmentations) that a
 unbroken run would have seen from that step on, without decoding the skipped ones.
 Evaluation covers the whole split once, never resized or cropped: each image is
 padded (label 255) to ``dataset.eval_pad_size``, or for a larger image to its
-next multiple (with sliding windows: by whole window strides), and every process
-runs the same number of equally shaped batches.
+next multiple (with sliding windows: by whole window strides), or with
+``dataset.eval_native_size`` kept at its own size; every process runs the same
+number of equally shaped batches.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from fcn_jax import inference, normalization, transforms
+from fcn_jax import inference, models, normalization, transforms
 from fcn_jax.datasets import folder, synthetic
 
 VOID = transforms.VOID
@@ -220,18 +221,16 @@ def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
     if config.dataset.name == "synthetic":
         return _synthetic_eval(config, local)
     split = _split(config, config.dataset.eval_split)
-    pad_size, (_, stride) = tuple(config.dataset.eval_pad_size), inference.sliding_windows(config)
-    shapes = split.examples.map(
+    # Each bucket is one pass over the share: keep it in memory after the first (sizes) pass.
+    examples = split.examples.cache() if config.dataset.cache else split.examples
+    shapes = examples.map(
         lambda ex: tf.image.extract_jpeg_shape(ex["image"])[:2],
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    sizes = [
-        transforms.eval_bucket(int(h), int(w), pad_size, stride)
-        for h, w in shapes.as_numpy_iterator()
-    ]
+    sizes = [eval_canvas(config, int(h), int(w)) for h, w in shapes.as_numpy_iterator()]
     buckets = _agree_on_buckets(collections.Counter(sizes))
     bucket_of = tf.constant([[b for b, _ in buckets].index(s) for s in sizes], tf.int32)
-    indexed = tf.data.Dataset.zip(tf.data.Dataset.range(split.size), split.examples)
+    indexed = tf.data.Dataset.zip(tf.data.Dataset.range(split.size), examples)
     mean = normalization.mean_rgb_uint8(config.dataset.normalization)
     parts, num_batches = [], 0
     for i, (bucket, most) in enumerate(buckets):
@@ -254,16 +253,29 @@ def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
     return ds.as_numpy_iterator(), num_batches
 
 
+def eval_canvas(config, height: int, width: int) -> tuple[int, int]:
+    """The canvas an eval (or predict) image of height x width is padded to.
+
+    With dataset.eval_native_size, the image's own size (the reference protocol: no
+    padding beyond the FCN minimum, one compiled step per distinct size); else its
+    bucket: dataset.eval_pad_size, or for a larger image the next whole multiple
+    (with sliding windows, whole window strides).
+    """
+    if config.dataset.eval_native_size:
+        return max(height, models.MIN_INPUT_SIZE), max(width, models.MIN_INPUT_SIZE)
+    pad_size, (_, stride) = tuple(config.dataset.eval_pad_size), inference.sliding_windows(config)
+    return transforms.eval_bucket(height, width, pad_size, stride)
+
+
 def _agree_on_buckets(counts: dict) -> list[tuple[tuple[int, int], int]]:
     """[(padded size, most images of that size on any process)], the same on every process."""
     if jax.process_count() == 1:
         return sorted(counts.items())
     from jax.experimental import multihost_utils
 
-    # Sizes are few and small: gather (h, w, count) rows from every process.
-    rows = np.zeros((64, 3), np.int64)
-    if len(counts) > len(rows):
-        raise ValueError(f"more than {len(rows)} distinct eval sizes; raise dataset.eval_pad_size")
+    # Gather (h, w, count) rows from every process, as many as the longest list needs.
+    longest = int(np.max(multihost_utils.process_allgather(np.int64(len(counts)))))
+    rows = np.zeros((longest, 3), np.int64)
     for i, ((h, w), c) in enumerate(sorted(counts.items())):
         rows[i] = (h, w, c)
     gathered = np.asarray(multihost_utils.process_allgather(rows)).reshape(-1, 3)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fcn_jax import evaluation, inference, normalization, photos, sharding, transforms
+from fcn_jax import evaluation, input_pipeline, normalization, photos, sharding
 from fcn_jax import visualize as vis
 
 
@@ -156,14 +156,13 @@ class _Runner:
         data = self.programs.mesh.shape["data"]
         wanted = batch_size or min(config.dataset.eval_batch_size, count)
         self.batch_size = -(-wanted // data) * data  # Whole batches for the "data" axis.
-        self.pad_size = tuple(config.dataset.eval_pad_size)
-        self.stride = inference.sliding_windows(config)[1]
+        self.config = config
         self.mean = normalization.mean_rgb_uint8(config.dataset.normalization)
         self.waiting: dict[tuple[int, int], list[_Photo]] = collections.defaultdict(list)
 
     def add(self, photo: _Photo):
         """Queues the photo; returns [(photo, mask)] of a batch when one fills up."""
-        canvas = transforms.eval_bucket(*photo.size, self.pad_size, self.stride)
+        canvas = input_pipeline.eval_canvas(self.config, *photo.size)
         self.waiting[canvas].append(photo)
         if len(self.waiting[canvas]) < self.batch_size:
             return []

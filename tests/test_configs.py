@@ -101,7 +101,7 @@ def test_caffe_recipe(name, options, lr, steps):
 
 
 def test_at_once_is_an_fcn8s_recipe():
-    from configs import fcn16s, fcn8s
+    from configs import fcn8s, fcn16s
 
     assert fcn8s.get_config("at_once").model.at_once
     assert fcn8s.get_config("at_once").optimizer.learning_rate == 0.01  # Batched recipe.

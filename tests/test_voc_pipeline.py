@@ -2,12 +2,16 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_jax import input_pipeline, metrics
+from fcn_jax import evaluation, input_pipeline, metrics, sharding, training
 from fcn_jax.datasets import folder
+from fcn_jax.normalization import normalize
+from tests.conftest import SAMPLES, require_samples
+from tests.test_init_from import tiny_params
 
 
 def folder_config(tiny_config, root, **overrides):
@@ -174,3 +178,54 @@ def test_folder_label_out_of_range_names_the_file(tiny_config, voc_folder, tmp_p
     batches, _ = input_pipeline.eval_iterator(config)
     with pytest.raises(Exception, match=rf"label .*{first}.png holds values \[21\]"):
         list(batches)
+
+
+def val_subset(root, per_size=2, sizes=3):
+    """A VOC-layout folder of real val pairs: ``per_size`` images of each of ``sizes`` sizes."""
+    rows = [line.split("\t") for line in (SAMPLES / "voc" / "pairs.tsv").read_text().splitlines()]
+    chosen = {}
+    for id_, split, size, *_ in rows[1:]:
+        if split == "val" and len(chosen.setdefault(size, [])) < per_size:
+            chosen[size].append(id_)
+    ids = [i for group in list(chosen.values())[:sizes] for i in group]
+    for sub, ext in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (root / sub).mkdir(parents=True)
+        for i in ids:
+            (root / sub / f"{i}{ext}").symlink_to(SAMPLES / "voc" / sub / f"{i}{ext}")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return ids
+
+
+def test_native_size_evaluation_runs_every_image_unpadded_at_its_own_size(tiny_config, tmp_path):
+    """The reference protocol: the confusion matrix of each image run alone, at its size."""
+    require_samples()
+    ids = val_subset(tmp_path)
+    native = folder_config(
+        tiny_config,
+        tmp_path,
+        model__geometry="caffe",
+        dataset__normalization="caffe",
+        dataset__eval_native_size=True,
+        dataset__eval_batch_size=2,
+    )
+    params = tiny_params("fcn8s", 21)
+    model = training.build_model(native)
+    expected = np.zeros((21, 21), np.int64)
+    for i in ids:
+        image = np.asarray(Image.open(tmp_path / "JPEGImages" / f"{i}.jpg"))[None]
+        logits = model.apply({"params": params}, normalize(image, "caffe"), train=False)
+        preds = np.asarray(logits).argmax(-1)
+        expected += np.asarray(metrics.confusion_matrix(pil_label(tmp_path, i)[None], preds, 21))
+
+    def evaluate(config):
+        programs = training.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1]))
+        return evaluation.evaluate(programs, params, config).confusion_matrix
+
+    batches, num_batches = input_pipeline.eval_iterator(native)
+    shapes = [b["image"].shape for b in batches]
+    assert num_batches == 3 and sorted(shapes) == sorted({s for s in shapes})  # A size each.
+    np.testing.assert_array_equal(evaluate(native), expected)
+    native.dataset.eval_native_size = False  # Padded to 512x512 with the mean colour:
+    padded = evaluate(native)
+    assert padded.sum() == expected.sum() and not np.array_equal(padded, expected)
