@@ -15,6 +15,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Written into predict.py's masks (PNG text "Software") and overlays (JPEG comment), so that a
+# later run over the same folder knows them from the user's photos.
+OUTPUT_MARK = "fcn_jax predict.py"
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -60,6 +63,21 @@ def _folder_images(folder: str) -> list[str]:
         and not entry.name.startswith(".")
         and entry.name.lower().endswith(IMAGE_EXTENSIONS)
     )
+
+
+def same_file_key(path: str) -> str:
+    """One key per file: the real path, case-folded (macOS and Windows ignore case)."""
+    return os.path.normcase(os.path.realpath(path)).casefold()
+
+
+def is_prediction_output(path: str) -> bool:
+    """Whether ``path`` is a mask or overlay that predict.py wrote (reads the header only)."""
+    try:
+        with Image.open(path) as img:
+            mark = img.info.get("Software") or img.info.get("comment") or b""
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False  # Not an image we wrote; load_photo reports what is wrong with it.
+    return (mark.decode(errors="replace") if isinstance(mark, bytes) else mark) == OUTPUT_MARK
 
 
 def load_photo(path: str) -> np.ndarray:

@@ -5,7 +5,9 @@ PNG of class indices (PIL reads it back as indices) at exactly the photo's
 displayed size, and ``<stem>_overlay.jpg``, the photo with the classes blended
 over it and a legend of those present. Photos are read and written on a thread
 pool while the device runs; photos with the same padded size share batches.
-A file that cannot be read or written is reported by name and skipped.
+A file that cannot be read or written is reported by name and skipped. Outputs
+never replace an input photo, and carry a mark (``photos.OUTPUT_MARK``) so that a
+later run over the same folder skips them instead of segmenting its own masks.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 
 import jax
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from fcn_jax import evaluation, input_pipeline, normalization, photos, sharding
@@ -67,6 +69,10 @@ def predict(
     summary = Summary(failed=list(errors))
     for message in errors:
         _report(message)
+    ours = {p for p in paths if photos.is_prediction_output(p)}
+    if ours:
+        print(f"Skipping {len(ours)} masks and overlays written by predict.py", flush=True)
+        paths = [p for p in paths if p not in ours]
     if not paths:
         return summary
     if jax.process_count() > 1:
@@ -75,7 +81,8 @@ def predict(
     runner = _Runner(config, restored, len(paths), batch_size)
     names = vis.class_names(config)
     os.makedirs(output, exist_ok=True)
-    taken: dict[str, str] = {}
+    inputs_by_key = {photos.same_file_key(p): p for p in paths}
+    taken: dict[str, str] = {}  # Output file key -> the input it belongs to.
     with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
         writes = []
 
@@ -87,15 +94,10 @@ def predict(
             if isinstance(loaded, Exception):
                 summary.failed.append(_report(str(loaded)))
                 continue
-            if loaded.stem in taken:
-                summary.failed.append(
-                    _report(
-                        f"{path}: its outputs would overwrite those of {taken[loaded.stem]} "
-                        f"(same name); rename it or segment it separately"
-                    )
-                )
+            problem = _clash(path, _outputs(output, loaded.stem), inputs_by_key, taken)
+            if problem:
+                summary.failed.append(_report(problem))
                 continue
-            taken[loaded.stem] = path
             for photo, mask in runner.add(loaded):
                 write(photo, mask)
         for photo, mask in runner.flush():
@@ -107,6 +109,30 @@ def predict(
             except OSError as e:
                 summary.failed.append(_report(f"{path}: cannot write its outputs: {e}"))
     return summary
+
+
+def _outputs(output: str, stem: str) -> tuple[str, str]:
+    """The mask and the overlay written for a photo named ``stem``."""
+    return os.path.join(output, f"{stem}.png"), os.path.join(output, f"{stem}_overlay.jpg")
+
+
+def _clash(path: str, outputs, inputs_by_key: dict, taken: dict) -> str | None:
+    """Why ``path``'s outputs cannot be written (they would replace an input photo or another
+    photo's outputs), or None; records them as taken when they can."""
+    keys = [photos.same_file_key(p) for p in outputs]
+    for out, key in zip(outputs, keys):
+        if key in inputs_by_key:
+            return (
+                f"{path}: its output {out} would overwrite the input {inputs_by_key[key]}; "
+                "choose another --output"
+            )
+        if key in taken:
+            return (
+                f"{path}: its outputs would overwrite those of {taken[key]} (same name); "
+                "rename it or segment it separately"
+            )
+    taken.update(dict.fromkeys(keys, path))
+    return None
 
 
 def _report(message: str) -> str:
@@ -143,9 +169,12 @@ def _write(photo: _Photo, mask: np.ndarray, names, output: str) -> None:
     height, width = photo.pixels.shape[:2]
     if mask.shape != (height, width):
         mask = photos.resize_mask(mask, height, width)
-    vis.save_image(vis.mask_image(mask), os.path.join(output, f"{photo.stem}.png"))
+    mask_path, overlay_path = _outputs(output, photo.stem)
+    marked = PngImagePlugin.PngInfo()
+    marked.add_text("Software", photos.OUTPUT_MARK)
+    vis.save_image(vis.mask_image(mask), mask_path, pnginfo=marked)
     overlay = Image.fromarray(vis.overlay(photo.pixels, mask, names))
-    vis.save_image(overlay, os.path.join(output, f"{photo.stem}_overlay.jpg"), quality=90)
+    vis.save_image(overlay, overlay_path, quality=90, comment=photos.OUTPUT_MARK)
 
 
 class _Runner:

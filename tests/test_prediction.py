@@ -184,3 +184,29 @@ def test_sliding_windows_segment_full_resolution_photos(tiny_config, tmp_path):
     )
     want = argmax_in(scores, photo)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "big.png")), want)
+
+
+def test_predict_never_writes_over_its_inputs_and_skips_its_own_outputs(tiny_config, tmp_path):
+    """Output folder = input folder: photos stay intact, a second run ignores the first's files."""
+    require_samples()
+    config = tiny_config(init_from=str(tmp_path / "weights"), dataset__normalization="")
+    tiny_weights(config, tmp_path / "weights")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = Image.open(pick_sample("landscape"))
+    pixels.save(folder / "street.jpg")
+    pixels.save(folder / "holiday.jpg")  # Its mask would be holiday.png, a photo of the user's.
+    pixels.save(folder / "holiday.png")
+    pixels.save(folder / "cat.jpg")  # Its mask would be cat.png: Cat.png on macOS and Windows.
+    pixels.save(folder / "Cat.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for _ in range(2):  # The second run finds the first run's masks and overlays in the folder.
+        summary = prediction.predict(config, None, "best", [str(folder)], str(folder))
+        assert summary.written == [str(folder / "street.jpg")]
+        assert len(summary.failed) == 4
+        assert all("would overwrite the input" in m for m in summary.failed), summary.failed
+        for name, data in before.items():
+            assert (folder / name).read_bytes() == data, f"{name} was overwritten"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [*before, "street.png", "street_overlay.jpg"]
+        )
