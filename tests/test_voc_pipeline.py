@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fcn_jax import evaluation, input_pipeline, metrics, sharding, training
 from fcn_jax.datasets import folder
@@ -229,3 +229,24 @@ def test_native_size_evaluation_runs_every_image_unpadded_at_its_own_size(tiny_c
     native.dataset.eval_native_size = False  # Padded to 512x512 with the mean colour:
     padded = evaluate(native)
     assert padded.sum() == expected.sum() and not np.array_equal(padded, expected)
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_folder_images_shown_rotated_are_refused_naming_them(tmp_path, orientation):
+    """Annotation tools draw on the displayed image, training would read the stored pixels."""
+    require_samples()
+    ids = val_subset(tmp_path, per_size=1, sizes=3)
+    rotated = tmp_path / "JPEGImages" / f"{ids[1]}.jpg"
+    # Stored as a camera would, so that it is displayed as the label was drawn: 3 stores it
+    # upside down (same size), 6 a quarter turn anticlockwise (size transposed).
+    turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90}[orientation]
+    stored = Image.open(rotated).transpose(turn)
+    rotated.unlink()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(rotated, exif=exif, quality=95)
+    assert ImageOps.exif_transpose(Image.open(rotated)).size == Image.open(
+        tmp_path / "SegmentationClass" / f"{ids[1]}.png"
+    ).size
+    with pytest.raises(ValueError, match=rf"{rotated} has EXIF orientation {orientation}"):
+        folder.list_split(str(tmp_path), "val")

@@ -8,7 +8,8 @@
 Set ``dataset.name="folder"``, ``dataset.data_dir=ROOT``, the split names, and
 ``model.num_classes`` (and optionally ``dataset.class_names``). The listing is
 checked up front (missing files, size mismatches, label PNGs that hold colours
-rather than indices), so a broken dataset fails at start with the file named.
+rather than indices, photos with an EXIF orientation other than upright), so a
+broken dataset fails at start with the file named.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from fcn_jax import transforms
 
 IMAGES, LABELS, LISTS = "JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")
 LABEL_MODES = ("P", "L")
+EXIF_ORIENTATION = 0x0112
+# EXIF orientations other than "as stored" (1), by how a viewer shows the stored pixels.
+ROTATED = {
+    2: "mirrored",
+    3: "rotated 180 degrees",
+    4: "flipped upside down",
+    5: "transposed",
+    6: "rotated 90 degrees clockwise",
+    7: "transversed",
+    8: "rotated 90 degrees anticlockwise",
+}
 
 
 class Entry(NamedTuple):
@@ -65,8 +77,16 @@ def _check_pair(entry: Entry) -> None:
     try:
         with Image.open(entry.image) as image, Image.open(entry.label) as label:
             image_size, label_size, mode = image.size, label.size, label.mode
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except OSError as e:
         raise ValueError(f"cannot read {entry.image} or {entry.label}: {e}") from e
+    if orientation in ROTATED:
+        # Viewers and annotation tools show the photo turned, training would read it as stored.
+        raise ValueError(
+            f"image {entry.image} has EXIF orientation {orientation} (displayed "
+            f"{ROTATED[orientation]}), but its pixels are read as stored, so its label would not "
+            "line up; store it upright, e.g. losslessly with `exiftran -ai` or `jhead -autorot`"
+        )
     if image_size != label_size:
         raise ValueError(
             f"image {entry.image} is {image_size[0]}x{image_size[1]} but its label "
