@@ -234,15 +234,21 @@ def load_backbone(params, source, layout: str):
     """A copy of ``params`` with conv1_1 ... fc7 taken from a VGG-16 in ``layout``.
 
     torchvision weights expect the ``torch`` normalisation; caffe and keras
-    weights the ``caffe`` one (BGR, 0-255, minus the mean).
+    weights the ``caffe`` one (BGR, 0-255, minus the mean). Caffe weights come in
+    Caffe's layer names (``conv1_1.weight`` ...) or in torchvision's
+    (``features.0.weight`` ..., as pytorch-fcn's ``vgg16_from_caffe.pth``): the
+    layout, not the key names, says which normalisation they expect.
     """
     if layout == "torchvision":
         backbone = _torchvision_backbone(_read_torch(source))
     elif layout == "caffe":
         state = _read_torch(source)
-        expected = {f"{n}.{p}" for n in (*_CONVS, "fc6", "fc7") for p in ("weight", "bias")}
-        _expect_keys(state, expected, "Caffe VGG-16", ignore=("fc8.", "score", "upscore"))
-        backbone = _torch_backbone(state)
+        if "features.0.weight" in state:  # e.g. pytorch-fcn's vgg16_from_caffe.pth.
+            backbone = _torchvision_backbone(state)
+        else:
+            expected = {f"{n}.{p}" for n in (*_CONVS, "fc6", "fc7") for p in ("weight", "bias")}
+            _expect_keys(state, expected, "Caffe VGG-16", ignore=("fc8.", "score", "upscore"))
+            backbone = _torch_backbone(state)
     elif layout == "keras":
         if isinstance(source, dict):
             raise ConversionError("the keras layout reads a .h5 file path")

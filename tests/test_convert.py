@@ -174,6 +174,8 @@ SOURCES = {
     "torchvision_dict": ("torchvision", lambda net, _: ref.to_torchvision(net)),
     "caffe_dict": ("caffe", lambda net, _: ref.backbone_state(net)),
     "caffe_flat_fc6_path": ("caffe", _caffe_flat_fc6_file),
+    # pytorch-fcn's vgg16_from_caffe.pth: Caffe weights (BGR inputs) in torchvision's names.
+    "caffe_torchvision_names": ("caffe", _torchvision_file),
     "keras": ("keras", _keras_file),
     "keras_model_weights": ("keras", lambda n, p: _keras_file(n, p, model_weights=True)),
 }
