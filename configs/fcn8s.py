@@ -16,7 +16,8 @@ Options:
            every image at its own size, unpadded, as the reference scoring does (one
            compiled eval step per distinct image size; caffe does this too).
   caffe    the reference Caffe optimisation: batch 1 whole images (padded to 512, no
-           augmentation), `caffe` geometry, float32, SGD momentum 0.99, unnormalised loss,
+           augmentation; a data axis of 1, so any number of devices runs it), `caffe`
+           geometry, float32, SGD momentum 0.99, unnormalised loss,
            learning rate 1e-10 (32s) / 1e-12 (16s) / 1e-14 (8s), weight decay 5e-4 on
            weights, biases learning 2x, 100k steps.
   at_once  FCN-8s trained at once from VGG-16 (pool4 scaled by 0.01, pool3 by 0.0001 before
@@ -93,6 +94,7 @@ def get_config(options: str = "", variant: str = "fcn8s"):
         config.optimizer.bias_lr_mult = 2.0
         config.loss_reduction = "sum"
         config.batch_size = 1
+        config.mesh.shape = (1, -1)  # A batch of one is not split: every device runs it.
         config.eval_every_steps = 4_000
         config.checkpoint_every_steps = 4_000
     return config

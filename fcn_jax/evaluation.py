@@ -206,7 +206,9 @@ def evaluate_checkpoint(
     The report goes to ``output_json``, by default ``<workdir>/eval/<split>_<step>.json``.
     Returns (EvalResult, Restored).
     """
-    restored = restore(config, workdir, which)
+    mesh = sharding.make_mesh(config.mesh.shape)
+    sharding.check_batch_sizes(mesh, {"dataset.eval_batch_size": config.dataset.eval_batch_size})
+    restored = restore(config, workdir, which, mesh)
     result = evaluate(restored.programs, restored.params, config, progress=progress)
     split, names = config.dataset.eval_split, visualize.class_names(config)
     print(format_report(result.metrics, restored.source, split, names), flush=True)

@@ -66,6 +66,18 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
+def check_batch_sizes(mesh: Mesh, sizes: dict[str, int]) -> None:
+    """Raises, naming the config field, for a global batch the "data" axis cannot split."""
+    data = mesh.shape["data"]
+    for field, size in sizes.items():
+        if size % data:
+            raise ValueError(
+                f"config field {field}={size} does not divide over the {data} devices of the "
+                f"mesh's data axis (mesh {dict(mesh.shape)}); use a multiple of {data}, or give "
+                "the data axis fewer devices, e.g. --config.mesh.shape=(1,-1)"
+            )
+
+
 def path_str(path) -> str:
     """'params/fc6/kernel' for a jax tree path."""
     parts = []

@@ -231,6 +231,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     resolve_normalization(config, manager, manager.latest_step())
     mesh = sharding.make_mesh(config.mesh.shape)
+    sharding.check_batch_sizes(
+        mesh,
+        {
+            "batch_size": config.batch_size,
+            "dataset.eval_batch_size": config.dataset.eval_batch_size,
+        },
+    )
     programs = compile_steps(config, mesh)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True

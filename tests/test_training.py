@@ -202,3 +202,29 @@ def test_check_labels_accepts_void_and_names_bad_values():
         ValueError, match=r"label value 21 found \(1 pixels; all bad values: \[21, 254\]"
     ):
         input_pipeline.check_labels(np.array([[0, 21, 254, 255]], np.uint8), 21)
+
+
+def test_batches_that_do_not_divide_the_data_axis_are_refused_before_any_data(
+    tiny_config, tmp_path
+):
+    for field, override, value in (
+        ("batch_size", "batch_size", 1),
+        ("dataset.eval_batch_size", "dataset__eval_batch_size", 12),
+    ):
+        config = tiny_config(mesh__shape=(-1, 1), **{override: value})
+        with pytest.raises(
+            ValueError,
+            match=rf"config field {field}={value} does not divide over the 8 devices of the "
+            r"mesh's data axis .*--config.mesh.shape=\(1,-1\)",
+        ):
+            train(config, tmp_path)
+    assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_the_caffe_recipe_runs_its_batch_of_one_on_a_host_of_8_devices(tiny_config, tmp_path):
+    from configs import fcn8s
+
+    caffe = fcn8s.get_config("caffe")
+    config = tiny_config(batch_size=caffe.batch_size, mesh__shape=caffe.mesh.shape)
+    config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 1
+    assert train(config, tmp_path)["mean_iou"] >= 0

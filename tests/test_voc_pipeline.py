@@ -245,8 +245,9 @@ def test_folder_images_shown_rotated_are_refused_naming_them(tmp_path, orientati
     exif = Image.Exif()
     exif[0x0112] = orientation
     stored.save(rotated, exif=exif, quality=95)
-    assert ImageOps.exif_transpose(Image.open(rotated)).size == Image.open(
-        tmp_path / "SegmentationClass" / f"{ids[1]}.png"
-    ).size
+    assert (
+        ImageOps.exif_transpose(Image.open(rotated)).size
+        == Image.open(tmp_path / "SegmentationClass" / f"{ids[1]}.png").size
+    )
     with pytest.raises(ValueError, match=rf"{rotated} has EXIF orientation {orientation}"):
         folder.list_split(str(tmp_path), "val")
