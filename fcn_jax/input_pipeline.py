@@ -18,6 +18,7 @@ number of equally shaped batches.
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -98,6 +99,12 @@ def _prepared_voc_sbd(ds_config):
 
     builder = tfds.builder("voc_sbd", data_dir=ds_config.data_dir or None)
     if not builder.is_prepared():
+        if ds_config.manual_dir and not os.path.isdir(ds_config.manual_dir):
+            raise FileNotFoundError(
+                f"dataset.manual_dir={ds_config.manual_dir} does not exist; give the folder "
+                "that holds VOCtrainval_11-May-2012.tar and benchmark.tgz (or their extracted "
+                "folders)"
+            )
         if not ds_config.manual_dir:
             raise FileNotFoundError(
                 f"voc_sbd is not prepared in {builder.data_dir}: set dataset.manual_dir to the "

@@ -143,6 +143,9 @@ def test_voc_sbd_is_prepared_on_first_use_and_feeds_the_pipeline(tiny_config, tm
         FileNotFoundError, match="voc_sbd is not prepared .* set dataset.manual_dir"
     ):
         input_pipeline.train_iterator(tiny_config(**fields))
+    typo = tmp_path / "manaul"
+    with pytest.raises(FileNotFoundError, match=f"dataset.manual_dir={typo} does not exist"):
+        input_pipeline.train_iterator(tiny_config(dataset__manual_dir=str(typo), **fields))
     config = tiny_config(dataset__manual_dir=str(tree), **fields)
     with pytest.MonkeyPatch.context() as mp:  # Everything comes from manual_dir.
         mp.setattr(tfds.download.DownloadManager, "download", None)

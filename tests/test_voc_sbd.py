@@ -272,6 +272,15 @@ BROKEN = {
 }
 
 
+def test_a_manual_dir_that_does_not_exist_is_an_error_not_a_download(tmp_path):
+    """A mistyped --manual_dir must not start fetching 3.4 GB (or say to put files there)."""
+    missing = tmp_path / "VOCdevkti"
+    with pytest.raises(FileNotFoundError, match=f"manual dir {missing} does not exist") as caught:
+        build(missing, tmp_path / "data")
+    assert "download" not in str(caught.value).lower()
+    assert_nothing_prepared(tmp_path / "data")
+
+
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_bad_input_fails_naming_the_file(case, tmp_path):
     breaker, packed, error, remedy = BROKEN[case]

@@ -245,11 +245,18 @@ def _locate(dl_manager: tfds.download.DownloadManager) -> tuple[_Found, _Found, 
     """Finds VOC, SBD and seg11valid.txt in the manual dir, downloading what it lacks.
 
     Reads the manual dir's path directly: TFDS's public `dl_manager.manual_dir` raises for an
-    absent folder, which here means "download everything", and for an empty one, which must
-    instead fail with the list of what was looked for.
+    absent folder, which here means "download everything" when it is TFDS's default
+    (`<download dir>/manual`) and a mistake when it was given, and for an empty one, which
+    must instead fail with the list of what was looked for.
     """
     manual = epath.Path(dl_manager._manual_dir)
     manual_given = manual.exists()
+    if not manual_given and manual != epath.Path(dl_manager._download_dir) / "manual":
+        raise FileNotFoundError(
+            f"The manual dir {manual} does not exist: give the folder that holds "
+            f"{_VOC.archive} and {_SBD.archive} (or their extracted folders), or leave the "
+            "manual dir out to fetch them."
+        )
     candidates = {
         source.name: (manual / source.root, manual / source.archive) for source in (_VOC, _SBD)
     }
