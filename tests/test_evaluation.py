@@ -12,6 +12,7 @@ import tensorflow as tf
 from fcn_jax import (
     convert,
     evaluation,
+    inference,
     input_pipeline,
     metrics,
     normalization,
@@ -64,27 +65,70 @@ def test_report_table_names_every_class():
     assert any(line.split() == ["c", "n/a", "n/a"] for line in lines)
 
 
-def test_test_time_augmentation_over_the_split(tiny_config):
-    """Flips, scales and windows evaluate every valid pixel once; the flip view changes scores."""
-    plain = tiny_config(dataset__image_size=(64, 64))
-    tta = tiny_config(
-        dataset__image_size=(64, 64),
-        dataset__eval_pad_size=(32, 32),
-        inference__flip=True,
-        inference__scales=(0.75, 1.0),
-        inference__sliding_window=True,
+def reference_confusion(config, scores_fn):
+    """The confusion matrix of argmax(scores_fn(normalised images)) over the eval split."""
+    num_classes = config.model.num_classes
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for batch in input_pipeline.eval_iterator(config)[0]:
+        images = normalization.normalize(batch["image"], config.dataset.normalization)
+        preds = jnp.argmax(scores_fn(images), -1)
+        cm += np.asarray(metrics.confusion_matrix(batch["label"], preds, num_classes))
+    return cm
+
+
+def test_flip_and_multi_scale_over_the_split_follow_their_definition(tiny_config):
+    """Mean softmax of every (scale, mirror) view, resized back and mirrored back."""
+    config = tiny_config(
+        dataset__image_size=(64, 64), inference__flip=True, inference__scales=(0.75, 1.0)
     )
     params = tiny_params("fcn8s")  # Random score layers: the prediction varies.
-    base = evaluation.evaluate(one_device(plain), params, plain)
-    augmented = evaluation.evaluate(one_device(tta), params, tta)
-    assert augmented.confusion_matrix.sum() == base.confusion_matrix.sum()
-    assert not np.array_equal(augmented.confusion_matrix, base.confusion_matrix)
+    model = training.build_model(config)
+
+    def by_definition(images):
+        n, h, w, _ = images.shape
+        total = 0.0
+        for scale in config.inference.scales:
+            size = (n, round(h * scale), round(w * scale), 3)
+            scaled = jax.image.resize(images, size, "bilinear")
+            for mirrored in (False, True):
+                view = scaled[:, :, ::-1] if mirrored else scaled
+                logits = model.apply({"params": params}, view, train=False)
+                logits = logits[:, :, ::-1] if mirrored else logits
+                logits = jax.image.resize(logits, (n, h, w, logits.shape[-1]), "bilinear")
+                total = total + jax.nn.softmax(logits, -1)
+        return total
+
+    augmented = evaluation.evaluate(one_device(config), params, config).confusion_matrix
+    np.testing.assert_array_equal(augmented, reference_confusion(config, by_definition))
+    config.inference.flip, config.inference.scales = False, (1.0,)
+    plain = evaluation.evaluate(one_device(config), params, config).confusion_matrix
+    assert plain.sum() == augmented.sum() and not np.array_equal(plain, augmented)
+
+
+def test_sliding_windows_over_the_split_tile_each_canvas(tiny_config):
+    """Images larger than eval_pad_size are tiled into overlapping windows of that size."""
+    config = tiny_config(
+        dataset__image_size=(64, 64),
+        dataset__eval_pad_size=(32, 32),
+        inference__sliding_window=True,
+    )
+    params = tiny_params("fcn8s")
+    model = training.build_model(config)
+    window, stride = inference.sliding_windows(config)
+    assert stride == (21, 21)  # Windows at 0, 21 and 32 along each side of the 64x64 images.
+
+    def tiled(images):
+        logits_fn = lambda x: model.apply({"params": params}, x, train=False)  # noqa: E731
+        return inference.predict_scores(logits_fn, images, window=window, stride=stride)
+
+    windows = evaluation.evaluate(one_device(config), params, config).confusion_matrix
+    np.testing.assert_array_equal(windows, reference_confusion(config, tiled))
 
 
 def test_eval_examples_show_input_truth_and_prediction(tiny_config):
     config = tiny_config()
     programs = one_device(config)
-    params = programs.init(jax.random.key(0)).params
+    params = tiny_params("fcn8s")  # Trained-looking: the predictions vary across classes.
     result = evaluation.evaluate(programs, params, config, num_examples=2)
     first = next(input_pipeline.eval_iterator(config)[0])
     height, width = config.dataset.image_size
@@ -99,9 +143,9 @@ def test_eval_examples_show_input_truth_and_prediction(tiny_config):
         normalization.normalize(first["image"][:2], config.dataset.normalization),
         train=False,
     )
-    np.testing.assert_array_equal(
-        result.examples[:, :, 2 * width :], visualize.colorize(np.asarray(jnp.argmax(logits, -1)))
-    )
+    predicted = np.asarray(jnp.argmax(logits, -1))
+    assert len(np.unique(predicted)) >= 2
+    np.testing.assert_array_equal(result.examples[:, :, 2 * width :], visualize.colorize(predicted))
 
 
 def test_training_writes_eval_pictures_and_per_class_iou_to_tensorboard(tiny_config, tmp_path):

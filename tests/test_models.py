@@ -147,22 +147,91 @@ def test_fc6_matmul_equals_convolution(padding):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_caffe_geometry_crops_match_the_reference_arithmetic():
-    """Recompute the Caffe blob sizes for an odd input and check the crop fits."""
-    h = 97
-    size = h + 2 * 100 - 2  # conv1_1, pad 100.
-    pools = []
-    for _ in range(5):
-        size = -(-size // 2)  # Ceil-mode pooling.
-        pools.append(size)
-    fc7 = pools[4] - 6
-    upscore2 = (fc7 - 1) * 2 + 4
-    assert pools[3] >= 5 + upscore2  # score_pool4 crop at 5 fits.
-    upscore_pool4 = (upscore2 - 1) * 2 + 4
-    assert pools[2] >= 9 + upscore_pool4  # score_pool3 crop at 9 fits.
-    upscore8 = (upscore_pool4 - 1) * 8 + 16
-    assert upscore8 >= 31 + h
-    assert models.CAFFE_CROPS == {"fcn32s": ((), 19), "fcn16s": ((5,), 27), "fcn8s": ((5, 9), 31)}
+# The reference prototxt's upsampling layers and the pools they fuse, coarse to fine.
+REFERENCE_UPSAMPLES = {
+    "fcn32s": ("upscore",),
+    "fcn16s": ("upscore2", "upscore16"),
+    "fcn8s": ("upscore2", "upscore_pool4", "upscore8"),
+}
+REFERENCE_SKIPS = {"fcn32s": (), "fcn16s": ("pool4",), "fcn8s": ("pool4", "pool3")}
+
+
+def caffe_reference(params, images, variant):
+    """The reference Caffe net run layer by layer, its crops placed by coordinate maps.
+
+    As Caffe's coord_map does for its Crop layer, every blob carries the map from its
+    cells to input pixels, ``pixel = stride * cell + shift``: a convolution or pooling
+    (kernel k, pad p) moves it by (k - 1) / 2 - p of its input cells, a deconvolution
+    inverts its convolution's map. A crop aligns two maps. Nothing here reads
+    models.CAFFE_CROPS.
+    """
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def conv(x, name, pad):
+        w, b = params[name]["kernel"], params[name]["bias"]
+        pads = [(pad, pad)] * 2
+        return jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dims) + b
+
+    def crop(big, big_map, size, small_map):
+        offset = (small_map[1] - big_map[1]) / big_map[0]
+        assert big_map[0] == small_map[0] and offset == int(offset) >= 0, (big_map, small_map)
+        o = int(offset)
+        return big[:, o : o + size[0], o : o + size[1]]
+
+    x, stride, shift, pools = images, 1, 0.0, {}
+    for stage, (names, _) in enumerate(models.VGG16_STAGES, start=1):
+        for name in names:
+            pad = 100 if name == "conv1_1" else 1
+            x, shift = jax.nn.relu(conv(x, name, pad)), shift + stride * (1 - pad)
+        h, w = x.shape[1:3]  # Caffe pools in ceil mode: a partial last window counts.
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        shift, stride = shift + stride * 0.5, stride * 2
+        pools[f"pool{stage}"] = (x, (stride, shift))
+    x, shift = jax.nn.relu(conv(x, "fc6", 0)), shift + stride * 3
+    score = conv(jax.nn.relu(conv(x, "fc7", 0)), "score_fr", 0)
+    skips = list(REFERENCE_SKIPS[variant])
+    for name in REFERENCE_UPSAMPLES[variant]:
+        w = params[name]["kernel"]
+        f = w.shape[0] // 2  # Kernel 2f, stride f: the inverse of a map (f, (2f - 1) / 2).
+        score = jax.lax.conv_transpose(
+            score, jnp.flip(w, (0, 1)), (f, f), "VALID", dimension_numbers=dims
+        )
+        stride, shift = stride // f, shift - stride * (2 * f - 1) / 2 / f
+        if skips:
+            pool = skips.pop(0)
+            feat, feat_map = pools[pool]
+            skip = conv(feat, f"score_{pool}", 0)
+            score = score + crop(skip, feat_map, score.shape[1:3], (stride, shift))
+    return crop(score, (stride, shift), images.shape[1:3], (1, 0.0))
+
+
+@pytest.mark.parametrize("variant", models.VARIANTS)
+def test_caffe_geometry_is_the_reference_net_with_its_coordinate_map_crops(variant, monkeypatch):
+    model = small(variant, "caffe")
+    images = 50 * jax.random.normal(jax.random.key(5), (1, 45, 37, 3))
+    params = model.init(jax.random.key(0), images, train=False)["params"]
+    rng = np.random.default_rng(0)  # Random heads, so that every crop shows in the output.
+    params = {
+        name: {
+            k: v + (0 if name in models.BACKBONE_LAYERS else rng.normal(size=v.shape))
+            for k, v in layer.items()
+        }
+        for name, layer in params.items()
+    }
+    expected = np.asarray(caffe_reference(params, images, variant))
+    atol = 1e-4 * np.abs(expected).max()
+    np.testing.assert_allclose(
+        model.apply({"params": params}, images, train=False), expected, rtol=1e-4, atol=atol
+    )
+    skips, final = models.CAFFE_CROPS[variant]
+    for shifted in [
+        (skips, final + 1),
+        *[(skips[:i] + (o + 1,) + skips[i + 1 :], final) for i, o in enumerate(skips)],
+    ]:
+        monkeypatch.setitem(models.CAFFE_CROPS, variant, shifted)
+        off = np.asarray(model.apply({"params": params}, images, train=False))
+        assert np.abs(off - expected).max() > 100 * atol, shifted  # A crop one cell off shows.
 
 
 def test_at_once_scales_pool_features_before_scoring():

@@ -88,16 +88,22 @@ def test_masks_have_the_displayed_size_and_are_the_logits_argmax(tiny_config, tm
 
 
 def test_large_photos_are_segmented_smaller_and_scaled_back(tiny_config, tmp_path):
+    """The mask is that of the photo resized to max_size, scaled back by nearest neighbour."""
     require_samples()
     config = tiny_config(init_from=str(tmp_path / "weights"), dataset__normalization="")
-    tiny_weights(config, tmp_path / "weights")
+    model, params = tiny_weights(config, tmp_path / "weights")
     src = pick_sample("landscape")
-    height, width = np.asarray(Image.open(src)).shape[:2]
+    photo = photos.load_photo(str(src))
+    height, width = photo.shape[:2]
     summary = prediction.predict(config, None, "best", [str(src)], str(tmp_path), max_size=200)
     assert summary.failed == []
     mask = np.asarray(Image.open(tmp_path / f"{src.stem}.png"))
-    assert mask.shape == (height, width)
-    assert set(np.unique(mask)) <= set(range(config.model.num_classes))
+    small = photos.resize(photo, *photos.fit_within(height, width, 200))
+    assert max(small.shape[:2]) == 200
+    want = photos.resize_mask(expected_mask(model, params, small, (512, 512)), height, width)
+    np.testing.assert_array_equal(mask, want)
+    full = expected_mask(model, params, photo, (512, 512))  # What ignoring max_size gives.
+    assert np.mean(full != want) > 0.01
 
 
 def test_cli_reports_bad_files_and_writes_the_others(tiny_config, tmp_path):

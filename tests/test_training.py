@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from fcn_jax import checkpointing, evaluation, input_pipeline, sharding, training
+from tests.test_init_from import tiny_params
 
 
 def mesh_of(shape, num_devices):
@@ -75,15 +76,17 @@ def test_sharding_rule_that_does_not_divide_is_rejected(tiny_config):
 
 def test_eval_confusion_matrix_is_the_same_on_8_devices(tiny_config):
     config = tiny_config()
+    params = tiny_params("fcn8s")  # Trained-looking: the predictions vary across classes.
     results = []
     for shape, n in (((1, 1), 1), ((8, 1), 8)):
         programs = training.compile_steps(config, mesh_of(shape, n))
-        state = programs.init(jax.random.key(0))
-        results.append(evaluation.evaluate(programs, state.params, config)[1])
+        placed = sharding.put(params, programs.state_shardings.params)
+        results.append(evaluation.evaluate(programs, placed, config).confusion_matrix)
     np.testing.assert_array_equal(results[0], results[1])
     size = config.dataset.image_size
     assert results[0].sum() <= 256 * size[0] * size[1]  # Void pixels are left out.
     assert results[0].sum() > 0.8 * 256 * size[0] * size[1]
+    assert np.count_nonzero(results[0].sum(axis=0)) >= 3  # Predictions of several classes.
 
 
 def train(config, workdir):
