@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import checkpointing, convert, sharding, training
+from fcn_jax import checkpointing, sharding, training
 from tests.conftest import REPO
-from tests.test_init_from import SAME_HEAD, tiny_params
+from tests.test_init_from import save_tiny_weights, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -126,14 +126,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_config):
     the weights are placed onto shards that no single process holds entirely.
     """
     config = tiny_config()  # The same model as TINY.
-    convert.save_weights(
-        str(tmp_path / "w"),
-        tiny_params("fcn8s", config.model.num_classes),
-        variant="fcn8s",
-        num_classes=config.model.num_classes,
-        normalization="torch",
-        **SAME_HEAD,
-    )
+    save_tiny_weights(tmp_path / "w", tiny_params("fcn8s", config.model.num_classes))
     args = [
         *TINY,
         "--config.dataset.eval_batch_size=16",

@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from fcn_jax import (
-    convert,
     evaluation,
     inference,
     input_pipeline,
@@ -20,7 +19,7 @@ from fcn_jax import (
     training,
     visualize,
 )
-from tests.test_init_from import SAME_HEAD, tiny_params
+from tests.test_init_from import save_tiny_weights, tiny_params
 
 
 def one_device(config):
@@ -159,14 +158,7 @@ def test_training_writes_eval_pictures_and_per_class_iou_to_tensorboard(tiny_con
 
 
 def test_evaluates_converted_weights_of_a_whole_fcn(tiny_config, tmp_path):
-    convert.save_weights(
-        str(tmp_path / "w"),
-        tiny_params("fcn8s"),
-        variant="fcn8s",
-        num_classes=4,
-        normalization="torch",
-        **SAME_HEAD,
-    )
+    save_tiny_weights(tmp_path / "w", tiny_params("fcn8s"))
     config = tiny_config(init_from=str(tmp_path / "w"), dataset__normalization="")
     result, restored = evaluation.evaluate_checkpoint(config, str(tmp_path / "run"))
     assert restored.step is None and restored.source == f"weights {tmp_path / 'w'}"
@@ -178,14 +170,7 @@ def test_evaluates_converted_weights_of_a_whole_fcn(tiny_config, tmp_path):
 def test_a_backbone_is_not_evaluated_as_a_whole_fcn(tiny_config, tmp_path):
     params = tiny_params("fcn8s")
     backbone = {k: v for k, v in params.items() if k not in ("score_fr", "score_pool4")}
-    convert.save_weights(
-        str(tmp_path / "w"),
-        backbone,
-        variant="fcn8s",
-        num_classes=4,
-        normalization="torch",
-        **SAME_HEAD,
-    )
+    save_tiny_weights(tmp_path / "w", backbone)
     config = tiny_config(init_from=str(tmp_path / "w"))
     with pytest.raises(ValueError, match=r"lacks \['score_fr', 'score_pool4'\].*not a backbone"):
         evaluation.restore(config, str(tmp_path / "run"))

@@ -11,6 +11,18 @@ from fcn_jax import checkpointing, convert, evaluation, models, training
 SAME_HEAD = {"geometry": "same", "at_once": False}
 
 
+def save_tiny_weights(path, params, variant="fcn8s", num_classes=4, normalization="torch", **head):
+    """Saves test parameters as converted weights for init_from, for the tiny configs' head."""
+    convert.save_weights(
+        str(path),
+        params,
+        variant=variant,
+        num_classes=num_classes,
+        normalization=normalization,
+        **{**SAME_HEAD, **head},
+    )
+
+
 def tiny_params(variant, num_classes=4, seed=0):
     model = models.FCN(variant=variant, num_classes=num_classes, base_width=4, fc_width=16)
     params = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
@@ -62,14 +74,7 @@ def start_fcn16s_from(tiny_config, init_from, workdir):
 def test_fcn16s_starts_from_an_fcn32s(tiny_config, tmp_path):
     """The paper's staging: every layer both nets have is taken; the new skip starts at zero."""
     weights = tiny_params("fcn32s")
-    convert.save_weights(
-        str(tmp_path / "w"),
-        weights,
-        variant="fcn32s",
-        num_classes=4,
-        normalization="torch",
-        **SAME_HEAD,
-    )
+    save_tiny_weights(tmp_path / "w", weights, "fcn32s")
     params = start_fcn16s_from(tiny_config, tmp_path / "w", tmp_path / "run")
     for name in (*models.BACKBONE_LAYERS, "score_fr"):
         for key in weights[name]:
@@ -100,14 +105,7 @@ def test_normalization_follows_the_weights_unless_the_config_sets_it(tiny_config
 
 
 def test_weights_of_another_num_classes_are_refused_by_layer(tiny_config, tmp_path):
-    convert.save_weights(
-        str(tmp_path / "w"),
-        tiny_params("fcn8s", 7),
-        variant="fcn8s",
-        num_classes=7,
-        normalization="caffe",
-        **SAME_HEAD,
-    )
+    save_tiny_weights(tmp_path / "w", tiny_params("fcn8s", 7), num_classes=7)
     config = tiny_config(init_from=str(tmp_path / "w"))
     with pytest.raises(
         convert.ConversionError, match=r"layer score_fr (kernel|bias): init_from has shape \(7,?"
@@ -215,14 +213,7 @@ def test_score_layers_of_another_head_are_refused_naming_the_field(
     tiny_config, tmp_path, field, recorded
 ):
     """Caffe-geometry weights run as `same`, or at-once weights without at_once, are wrong."""
-    convert.save_weights(
-        str(tmp_path / "w"),
-        tiny_params("fcn8s"),
-        variant="fcn8s",
-        num_classes=4,
-        normalization="caffe",
-        **{**SAME_HEAD, field: recorded},
-    )
+    save_tiny_weights(tmp_path / "w", tiny_params("fcn8s"), **{field: recorded})
     config = tiny_config(init_from=str(tmp_path / "w"))
     message = rf"model\.{field}={recorded!r}.*add --config\.model\.{field}={recorded}"
     with pytest.raises(convert.ConversionError, match=message):
@@ -237,14 +228,7 @@ def test_score_layers_of_another_head_are_refused_naming_the_field(
 def test_a_trained_workdir_wins_over_the_init_from_that_started_it(tiny_config, tmp_path):
     """eval.py/predict.py with the training flags evaluate the trained run, not its start."""
     weights = tiny_params("fcn8s")
-    convert.save_weights(
-        str(tmp_path / "w"),
-        weights,
-        variant="fcn8s",
-        num_classes=4,
-        normalization="torch",
-        **SAME_HEAD,
-    )
+    save_tiny_weights(tmp_path / "w", weights)
     config = tiny_config(init_from=str(tmp_path / "w"), num_train_steps=2)
     training.train_and_evaluate(config, str(tmp_path / "run"))
     restored = evaluation.restore(config, str(tmp_path / "run"), "latest")

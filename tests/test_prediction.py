@@ -11,21 +11,20 @@ import photo_fixtures
 import pytest
 from PIL import Image
 
-from fcn_jax import convert, inference, normalization, photos, prediction, training
+from fcn_jax import inference, normalization, photos, prediction, training
 from tests.conftest import REPO, SAMPLES, require_samples
-from tests.test_init_from import tiny_params
+from tests.test_init_from import save_tiny_weights, tiny_params
 from tests.test_photos import pick_sample
 
 
 def tiny_weights(config, path):
     """Random weights of the config's model, saved as converted weights for init_from."""
     params = tiny_params(config.model.variant, config.model.num_classes, seed=3)
-    convert.save_weights(
-        str(path),
+    save_tiny_weights(
+        path,
         params,
-        variant=config.model.variant,
-        num_classes=config.model.num_classes,
-        normalization="torch",
+        config.model.variant,
+        config.model.num_classes,
         geometry=config.model.geometry,
         at_once=config.model.at_once,
     )
