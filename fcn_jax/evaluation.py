@@ -18,6 +18,7 @@ from absl import logging
 from tqdm import tqdm
 
 from fcn_jax import checkpointing, convert, files, input_pipeline, metrics, sharding, visualize
+from fcn_jax.config_lib import validate_config
 
 _IN_FLIGHT = 2  # Batches queued on the device before the host waits for the oldest.
 
@@ -147,8 +148,9 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
     """
     from fcn_jax import training  # training imports this module.
 
-    training.validate_config(config)
-    mesh = mesh or sharding.make_mesh(config.mesh.shape)
+    validate_config(config)
+    if mesh is None:
+        mesh = sharding.make_mesh(config.mesh.shape)
     trained = checkpointing.has_checkpoints(workdir)
     if config.init_from and trained:
         logging.warning(
@@ -206,6 +208,7 @@ def evaluate_checkpoint(
     The report goes to ``output_json``, by default ``<workdir>/eval/<split>_<step>.json``.
     Returns (EvalResult, Restored).
     """
+    validate_config(config)
     mesh = sharding.make_mesh(config.mesh.shape)
     sharding.check_batch_sizes(mesh, {"dataset.eval_batch_size": config.dataset.eval_batch_size})
     restored = restore(config, workdir, which, mesh)

@@ -78,6 +78,7 @@ def predict(
     if jax.process_count() > 1:
         raise ValueError("predict.py runs on one host; start it without the multi-host flags")
     restored = evaluation.restore(config, workdir, which)
+    print(f"Segmenting with {restored.source}", flush=True)
     runner = _Runner(config, restored, len(paths), batch_size)
     names = vis.class_names(config)
     os.makedirs(output, exist_ok=True)

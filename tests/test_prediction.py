@@ -132,6 +132,7 @@ def test_cli_reports_bad_files_and_writes_the_others(tiny_config, tmp_path):
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"{broken}:" in result.stderr and f"{missing}:" in result.stderr
+    assert f"Segmenting with weights {tmp_path / 'weights'}" in result.stdout
     assert "Segmented 2 of 4 photos" in result.stdout
     for path in good:
         assert (out / f"{path.stem}.png").is_file()
