@@ -3,7 +3,7 @@
     python bench/inference.py                         # FCN-8s `same`, batch 1, 512x512 canvas
     python bench/inference.py --geometry=caffe --dtype=bfloat16 --batch=8   # on a GPU
 
-Times the real jitted ``predict_step`` of fcn_jax.training (the eval step minus
+Times the real jitted ``predict_step`` of fcn_jax.steps (the eval step minus
 the confusion matrix) on a padded eval canvas for: one view, flip, and flip with
 the six scales 0.5 ... 1.75. FLOPs are XLA's cost analysis of the single view,
 times the settings' total view area (the analysis counts a ``lax.map`` body once);
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.peak import matmul_peak  # noqa: E402
 from configs import default  # noqa: E402
-from fcn_jax import sharding, training  # noqa: E402
+from fcn_jax import sharding, steps  # noqa: E402
 
 SETTINGS = {
     "single view": dict(flip=False, scales=(1.0,)),
@@ -49,14 +49,14 @@ def bench_setting(name: str, peak: float, single_view_flops: float | None) -> di
     config.inference.flip = SETTINGS[name]["flip"]
     config.inference.scales = SETTINGS[name]["scales"]
     mesh = sharding.make_mesh(config.mesh.shape)
-    programs = training.compile_steps(config, mesh)
-    params = programs.init(jax.random.key(0)).params
+    programs = steps.compile_steps(config, mesh)
+    variables = steps.variables(programs.init(jax.random.key(0)))
     images = np.random.default_rng(0).integers(
         0, 256, (FLAGS.batch, FLAGS.size, FLAGS.size, 3), np.uint8
     )
     batch = sharding.global_batch({"image": images}, mesh)["image"]
     t = time.perf_counter()
-    compiled = programs.predict_step.lower(params, batch).compile()
+    compiled = programs.predict_step.lower(variables, batch).compile()
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     setting = SETTINGS[name]
@@ -64,11 +64,11 @@ def bench_setting(name: str, peak: float, single_view_flops: float | None) -> di
     if single_view_flops is None:  # Only the single view's FLOPs are counted right.
         single_view_flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
     flops = single_view_flops * views_area
-    jax.block_until_ready(compiled(params, batch))  # Warm-up.
+    jax.block_until_ready(compiled(variables, batch))  # Warm-up.
     times = []
     for _ in range(FLAGS.repeats):
         t = time.perf_counter()
-        jax.block_until_ready(compiled(params, batch))
+        jax.block_until_ready(compiled(variables, batch))
         times.append(time.perf_counter() - t)
     run_s = float(np.median(times))
     return {

@@ -2,8 +2,9 @@
 
     python bench/train_step.py                     # FCN-8s, batch 2, 224x224, both geometries
     python bench/train_step.py --geometry=caffe --size=512 --dtype=bfloat16 --batch=8
+    python bench/train_step.py --geometry=same --backbone=vgg16_bn --fc_batch_norm  # MindSpore's
 
-Runs the real jitted, donated ``train_step`` of fcn_jax.training on random
+Runs the real jitted, donated ``train_step`` of fcn_jax.steps on random
 uint8 images. FLOPs come from XLA's cost analysis of the compiled step; the
 peak is a float32 (or bfloat16) matmul measured on the same device, so the
 fraction says how well the step uses what this machine can do. Prints one JSON
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.peak import matmul_peak  # noqa: E402
 from configs import default  # noqa: E402
-from fcn_jax import sharding, training  # noqa: E402
+from fcn_jax import sharding, steps  # noqa: E402
 
 flags.DEFINE_string("variant", "fcn8s", "fcn32s | fcn16s | fcn8s")
 flags.DEFINE_list("geometry", ["caffe", "same"], "Geometries to measure.")
@@ -33,6 +34,8 @@ flags.DEFINE_integer("batch", 2, "Global batch size.")
 flags.DEFINE_integer("size", 224, "Square input size.")
 flags.DEFINE_string("dtype", "float32", "float32 | bfloat16 compute.")
 flags.DEFINE_string("fc6_impl", "matmul", "matmul | conv")
+flags.DEFINE_string("backbone", "vgg16", "vgg16 | vgg16_bn")
+flags.DEFINE_bool("fc_batch_norm", False, "vgg16_bn: BatchNorm on fc6/fc7 too (MindSpore's net).")
 flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 FLAGS = flags.FLAGS
 
@@ -43,11 +46,13 @@ def bench_geometry(geometry: str, peak: float) -> dict:
     config.model.geometry = geometry
     config.model.dtype = FLAGS.dtype
     config.model.fc6_impl = FLAGS.fc6_impl
+    config.model.backbone = FLAGS.backbone
+    config.model.fc_batch_norm = FLAGS.fc_batch_norm
     config.dataset.normalization = "caffe"
     config.batch_size = FLAGS.batch
     config.mesh.shape = (-1, 1)
     mesh = sharding.make_mesh(config.mesh.shape)
-    programs = training.compile_steps(config, mesh)
+    programs = steps.compile_steps(config, mesh)
     state = programs.init(jax.random.key(0))
     rng = np.random.default_rng(0)
     local = {
@@ -78,6 +83,7 @@ def bench_geometry(geometry: str, peak: float) -> dict:
         "size": FLAGS.size,
         "dtype": FLAGS.dtype,
         "fc6_impl": FLAGS.fc6_impl,
+        "backbone": FLAGS.backbone + ("+fc_bn" if FLAGS.fc_batch_norm else ""),
         "device": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
         "compile_s": round(compile_s, 1),

@@ -14,6 +14,14 @@ def get_config():
 
     config.model = ml_collections.ConfigDict()
     config.model.variant = "fcn8s"  # fcn32s | fcn16s | fcn8s
+    # vgg16 | vgg16_bn (a BatchNorm after every VGG convolution, as torchvision's vgg16_bn).
+    config.model.backbone = "vgg16"
+    # vgg16_bn only: BatchNorm after fc6/fc7 too, and no bias on the convolutions, fc6/fc7
+    # and score layers: the network of the MindSpore FCN-8s tutorial.
+    config.model.fc_batch_norm = False
+    # Normalise by the running statistics in training too, and never update them: for
+    # fine-tuning BatchNorm networks with small batches per device.
+    config.model.freeze_batch_norm = False
     config.model.num_classes = 21  # 20 VOC classes + background.
     config.model.geometry = "caffe"  # caffe (exact reference nets) | same (cheaper, aligned)
     config.model.at_once = False  # FCN-8s "at-once": scale pool4 by 1e-2, pool3 by 1e-4.
@@ -47,8 +55,9 @@ def get_config():
     # image size. False pads to eval_pad_size buckets: one compile, faster.
     config.dataset.eval_native_size = False
     config.dataset.cache = True  # Keep the encoded training split in host memory.
-    # caffe (BGR - mean) | torch (ImageNet mean/std) | "" = what the init_from weights
-    # expect (recorded by fcn_jax.convert), or caffe when training from scratch.
+    # caffe (BGR - mean) | torch (ImageNet mean/std) | mindspore (BGR, ImageNet mean/std
+    # in 0-255) | "" = what the init_from weights expect (recorded by fcn_jax.convert), or
+    # caffe when training from scratch.
     config.dataset.normalization = ""
     config.dataset.eval_batch_size = 8  # Global; the last batch is padded with void pixels.
     config.dataset.prefetch = 2  # Batches prepared ahead on the host.

@@ -23,6 +23,17 @@ Options:
   at_once  FCN-8s trained at once from VGG-16 (pool4 scaled by 0.01, pool3 by 0.0001 before
            scoring); with caffe, the reference voc-fcn8s-atonce solver: learning rate
            1e-10, 300k steps.
+  mindspore  the MindSpore FCN-8s tutorial's network and model-zoo recipe: VGG-16 with a
+           BatchNorm after every convolution (fc6/fc7 too, no biases, no dropout), its
+           normalisation (BGR, ImageNet mean/std in 0-255), learned upsampling, 512x512
+           crops, scale 0.5-2, flip, batch 32, SGD momentum 0.9, weight decay 1e-4 (not on
+           BatchNorm), learning rate 0.015 with cosine decay, 500 epochs of train_aug
+           (165,500 steps). Start from the tutorial's VGG-16 checkpoint:
+               python -m fcn_jax.convert --layout=mindspore --input=fcn8s_vgg16_pretrain.ckpt \
+                   --output=/tmp/w/vgg16_bn_ms
+               python train.py --config=configs/fcn8s.py:mindspore --workdir=/tmp/fcn8s_ms \
+                   --config.init_from=/tmp/w/vgg16_bn_ms
+           Expected (MindSpore's model zoo, not run here): 64.67 mean IoU on VOC 2012 val.
 
 The paper's staged recipes (`--config=configs/fcnXs.py:paper,caffe`), results on seg11valid:
   FCN-32s from VGG-16 (Caffe weights, --config.init_from=converted VGG-16)    63.6 mIoU
@@ -45,7 +56,9 @@ CAFFE_SOLVERS = {
     "fcn8s": (1e-14, 100_000),
     "fcn8s_at_once": (1e-10, 300_000),
 }
-OPTIONS = ("paper", "caffe", "at_once")
+OPTIONS = ("paper", "caffe", "at_once", "mindspore")
+# train_aug has 10,582 images: an epoch of batch 32 is 331 steps (MindSpore's model zoo).
+MINDSPORE_EPOCH_STEPS = -(-10_582 // 32)
 
 
 def get_config(options: str = "", variant: str = "fcn8s"):
@@ -53,8 +66,11 @@ def get_config(options: str = "", variant: str = "fcn8s"):
     unknown = sorted(set(chosen) - set(OPTIONS))
     if unknown:
         raise ValueError(f"config options {unknown} are not among {OPTIONS}")
-    if "at_once" in chosen and variant != "fcn8s":
-        raise ValueError(f"config option at_once is an FCN-8s recipe, not one for {variant}")
+    for recipe in ("at_once", "mindspore"):
+        if recipe in chosen and variant != "fcn8s":
+            raise ValueError(f"config option {recipe} is an FCN-8s recipe, not one for {variant}")
+    if {"mindspore", "caffe"} <= set(chosen):
+        raise ValueError("config options mindspore and caffe are two different recipes")
     config = default.get_config()
     config.model.variant = variant
     config.model.at_once = "at_once" in chosen
@@ -81,6 +97,19 @@ def get_config(options: str = "", variant: str = "fcn8s"):
     config.eval_every_steps = 3_000
     config.checkpoint_every_steps = 3_000
 
+    if "mindspore" in chosen:
+        config.model.backbone = "vgg16_bn"
+        config.model.fc_batch_norm = True
+        config.model.dropout_rate = 0.0
+        config.model.freeze_upsampling = False  # The tutorial learns its upsampling.
+        config.dataset.normalization = "mindspore"
+        config.optimizer.learning_rate = 0.015
+        config.optimizer.schedule = "cosine"
+        config.optimizer.warmup_steps = 0
+        config.optimizer.weight_decay = 1e-4
+        config.batch_size = 32
+        config.num_train_steps = 500 * MINDSPORE_EPOCH_STEPS
+        config.eval_every_steps = config.checkpoint_every_steps = 10 * MINDSPORE_EPOCH_STEPS
     if "caffe" in chosen:
         config.model.geometry = "caffe"
         config.model.dtype = "float32"

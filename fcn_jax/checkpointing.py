@@ -19,7 +19,16 @@ from orbax.checkpoint import checkpoint_managers as cm
 STATE, CONFIG = "state", "config"
 BEST_METRIC = "mean_iou"
 # Fields that fix the parameters' shapes or meaning: a checkpoint with others cannot be resumed.
-MODEL_FIELDS = ("variant", "num_classes", "geometry", "at_once", "base_width", "fc_width")
+MODEL_FIELDS = (
+    "variant",
+    "num_classes",
+    "geometry",
+    "at_once",
+    "backbone",
+    "fc_batch_norm",
+    "base_width",
+    "fc_width",
+)
 
 
 class CheckpointMismatchError(ValueError):
@@ -124,13 +133,15 @@ def restore_state(manager, step: int, abstract_state):
     return manager.restore(step, args=args)[STATE]
 
 
-def restore_params(manager, step: int, abstract_params):
-    """Restores only the parameters (no optimizer state) onto the given shardings."""
-    target = {"params": abstract_params}
+def restore_variables(manager, step: int, abstract_variables: dict) -> dict:
+    """Restores the model's variables, {"params", "batch_stats"}, without the optimizer
+    state, onto the shardings in ``abstract_variables``."""
+    target = {k: v for k, v in abstract_variables.items() if v}  # Orbax keeps no empty nodes.
     restore = ocp.args.PyTreeRestore(
         target,
         restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True,
     )
     args = ocp.args.Composite(**{STATE: restore})
-    return manager.restore(step, args=args)[STATE]["params"]
+    restored = manager.restore(step, args=args)[STATE]
+    return {k: restored.get(k, v) for k, v in abstract_variables.items()}

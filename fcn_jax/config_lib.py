@@ -9,6 +9,7 @@ LOSS_REDUCTIONS = ("mean", "sum")
 _CHOICES = (
     ("model.variant", models.VARIANTS),
     ("model.geometry", models.GEOMETRIES),
+    ("model.backbone", models.BACKBONES),
     ("model.fc6_impl", models.FC6_IMPLS),
     ("model.dtype", ("float32", "bfloat16")),
     ("dataset.name", input_pipeline.DATASETS),
@@ -52,6 +53,11 @@ def validate_config(config) -> None:
     if config.model.at_once and config.model.variant != "fcn8s":
         raise ValueError(
             f"config field model.at_once=True applies to fcn8s, not {config.model.variant!r}"
+        )
+    if config.model.fc_batch_norm and config.model.backbone != "vgg16_bn":
+        raise ValueError(
+            "config field model.fc_batch_norm=True needs model.backbone='vgg16_bn', not "
+            f"{config.model.backbone!r}"
         )
     if not 0 <= config.model.dropout_rate < 1:
         raise ValueError(

@@ -17,7 +17,17 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from fcn_jax import checkpointing, convert, files, input_pipeline, metrics, sharding, visualize
+from fcn_jax import (
+    checkpointing,
+    convert,
+    files,
+    init_from,
+    input_pipeline,
+    metrics,
+    sharding,
+    steps,
+    visualize,
+)
 from fcn_jax.config_lib import validate_config
 
 _IN_FLIGHT = 2  # Batches queued on the device before the host waits for the oldest.
@@ -29,8 +39,9 @@ class EvalResult(NamedTuple):
     examples: np.ndarray | None  # uint8 [N, H, 3W, 3]: input | truth | prediction.
 
 
-def evaluate(programs, params, config, *, num_examples: int = 0, progress: bool = False):
-    """EvalResult of ``params`` on dataset.eval_split, with the config's test-time inference.
+def evaluate(programs, variables, config, *, num_examples: int = 0, progress: bool = False):
+    """EvalResult of ``variables`` (``{"params", "batch_stats"}``) on dataset.eval_split, with
+    the config's test-time inference.
 
     ``num_examples`` images of the first batch are also predicted and drawn for
     TensorBoard; ``progress`` shows a progress bar on process 0.
@@ -49,9 +60,9 @@ def evaluate(programs, params, config, *, num_examples: int = 0, progress: bool 
         for local in batches:
             input_pipeline.check_labels(local["label"], num_classes)
             batch = sharding.global_batch(local, programs.mesh)
-            pending.append(programs.eval_step(params, batch))
+            pending.append(programs.eval_step(variables, batch))
             if seen == 0 and num_examples:
-                examples = _examples(programs, params, local, batch, num_examples)
+                examples = _examples(programs, variables, local, batch, num_examples)
             seen += 1
             while len(pending) > _IN_FLIGHT:
                 cm += np.asarray(jax.device_get(pending.popleft()), np.int64)
@@ -64,9 +75,9 @@ def evaluate(programs, params, config, *, num_examples: int = 0, progress: bool 
     return EvalResult(metrics.segmentation_metrics(cm), cm, examples)
 
 
-def _examples(programs, params, local, batch, count):
+def _examples(programs, variables, local, batch, count):
     """Panels of this process's first images: its rows lead its share of the batch."""
-    preds = np.asarray(jax.device_get(programs.predict_step(params, batch["image"])))
+    preds = np.asarray(jax.device_get(programs.predict_step(variables, batch["image"])))
     n = min(count, len(local["image"]))
     return visualize.eval_panels(local["image"][:n], local["label"][:n], preds[:n])
 
@@ -131,7 +142,7 @@ def write_report(json_path: str, result: EvalResult, names, **fields) -> dict[st
 
 class Restored(NamedTuple):
     programs: Any
-    params: Any  # On the programs' parameter shardings.
+    variables: Any  # {"params", "batch_stats"} on the programs' shardings.
     step: int | None  # The checkpoint's step; None for converted weights.
     source: str  # What was restored, for reports.
     tag: str  # Short name for report files: the step, or the weights' folder name.
@@ -146,8 +157,6 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
     steps for ``mesh`` (default: config.mesh.shape over the current devices, which
     need not be those that trained the model).
     """
-    from fcn_jax import training  # training imports this module.
-
     validate_config(config)
     if mesh is None:
         mesh = sharding.make_mesh(config.mesh.shape)
@@ -159,40 +168,41 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
             config.init_from,
         )
     if config.init_from and not trained:
-        training.resolve_normalization(config, None, None)
-        programs = training.compile_steps(config, mesh)
-        weights, meta = training.load_init(config.init_from)
-        params = _whole_model(weights, programs.abstract_state.params, config.init_from)
-        convert.check_head(meta, config.model, params, config.init_from)
-        params = sharding.put(params, programs.state_shardings.params)
+        init_from.resolve_normalization(config, None, None)
+        programs = steps.compile_steps(config, mesh)
+        weights, meta = init_from.load(config.init_from)
+        convert.check_fits(meta, config.model, weights["params"], config.init_from)
+        variables = _whole_model(weights, programs.abstract_variables, config.init_from)
+        variables = sharding.put(variables, programs.variables_shardings)
         name = os.path.basename(os.path.normpath(config.init_from))
         step = meta.get("checkpoint")
-        return Restored(programs, params, step, f"weights {config.init_from}", name)
+        return Restored(programs, variables, step, f"weights {config.init_from}", name)
     if not workdir:
         raise ValueError("give --workdir (a trained run) or --config.init_from (converted weights)")
     manager = checkpointing.make_manager(workdir, read_only=True)
     try:
         step = checkpointing.resolve_step(manager, which)
         checkpointing.check_compatible(manager, step, config)
-        training.resolve_normalization(config, manager, step)
-        programs = training.compile_steps(config, mesh)
-        params = checkpointing.restore_params(manager, step, programs.abstract_state.params)
+        init_from.resolve_normalization(config, manager, step)
+        programs = steps.compile_steps(config, mesh)
+        variables = checkpointing.restore_variables(manager, step, programs.abstract_variables)
     finally:
         manager.close()
-    return Restored(programs, params, step, f"checkpoint {step} of {workdir}", str(step))
+    return Restored(programs, variables, step, f"checkpoint {step} of {workdir}", str(step))
 
 
-def _whole_model(weights, abstract_params, path: str):
-    """Weights that cover every layer of the model, and only those, as numpy params."""
-    missing = sorted(set(abstract_params) - set(weights))
-    extra = sorted(set(weights) - set(abstract_params))
+def _whole_model(weights, abstract_variables, path: str):
+    """Weights that cover every layer of the model, and only those, as numpy variables."""
+    layers = {n for c in convert.COLLECTIONS for n in abstract_variables[c]}
+    given = {n for c in convert.COLLECTIONS for n in weights.get(c, {})}
+    missing, extra = sorted(layers - given), sorted(given - layers)
     if missing or extra:
         raise ValueError(
             f"init_from={path!r} does not hold this model: it lacks {missing} and has extra "
             f"{extra}. Evaluate converted weights of a whole FCN of the config's variant "
             "(`python -m fcn_jax.convert --layout=fcn`) or a trained workdir, not a backbone"
         )
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_params)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_variables)
     return convert.merge_into(zeros, weights)[0]
 
 
@@ -212,7 +222,7 @@ def evaluate_checkpoint(
     mesh = sharding.make_mesh(config.mesh.shape)
     sharding.check_batch_sizes(mesh, {"dataset.eval_batch_size": config.dataset.eval_batch_size})
     restored = restore(config, workdir, which, mesh)
-    result = evaluate(restored.programs, restored.params, config, progress=progress)
+    result = evaluate(restored.programs, restored.variables, config, progress=progress)
     split, names = config.dataset.eval_split, visualize.class_names(config)
     print(format_report(result.metrics, restored.source, split, names), flush=True)
     if jax.process_index() == 0:

@@ -28,6 +28,8 @@ import numpy as np
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
 GEOMETRIES = ("caffe", "same")
+# vgg16: the Caffe/torchvision VGG-16. vgg16_bn: a BatchNorm after every VGG convolution.
+BACKBONES = ("vgg16", "vgg16_bn")
 FC6_IMPLS = ("matmul", "conv")
 MIN_INPUT_SIZE = 32  # One cell of the stride-32 score map.
 
@@ -40,6 +42,16 @@ VGG16_STAGES = (
     (("conv5_1", "conv5_2", "conv5_3"), 8),
 )
 BACKBONE_LAYERS = tuple(n for names, _ in VGG16_STAGES for n in names) + ("fc6", "fc7")
+# BatchNorm statistics are kept with the momentum and epsilon of torchvision and MindSpore
+# (running = 0.9 * running + 0.1 * batch).
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+
+
+def batch_norm_name(layer: str) -> str:
+    """The BatchNorm that follows ``layer`` (``conv1_1_bn``: parameters and statistics)."""
+    return f"{layer}_bn"
+
+
 SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3")
 # Transposed convolutions and their upsampling factors (kernel 2f, stride f).
 UPSAMPLE_FACTORS = {
@@ -49,6 +61,7 @@ UPSAMPLE_FACTORS = {
     "upscore_pool4": 2,
     "upscore8": 8,
 }
+HEAD_LAYERS = SCORE_LAYERS + tuple(UPSAMPLE_FACTORS)  # What the FCN adds to the backbone.
 
 CAFFE_CONV1_PAD = 100
 # Crop offsets of the reference Caffe nets: (skip crops from coarse to fine, final crop).
@@ -130,21 +143,24 @@ def conv2d(x, kernel, padding: int):
 
 
 class Conv(nn.Module):
-    """A k x k convolution with bias (parameters ``kernel`` (k, k, in, out), ``bias``)."""
+    """A k x k convolution (parameters ``kernel`` (k, k, in, out) and, unless
+    ``use_bias=False``, ``bias``)."""
 
     features: int
     kernel_size: int
     padding: int
     dtype: Any = jnp.float32
     kernel_init: Any = _he_init
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
         y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
-        return y + bias.astype(self.dtype)
+        if not self.use_bias:
+            return y
+        return y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
 class Upsample(nn.Module):
@@ -203,12 +219,12 @@ class FC6(nn.Module):
     padding: int
     impl: str = "matmul"
     dtype: Any = jnp.float32
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
         kernel = self.param("kernel", _he_init, (7, 7, c, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
         p = self.padding
@@ -221,7 +237,9 @@ class FC6(nn.Module):
                 [x[:, i : i + h, j : j + w, :] for i in range(7) for j in range(7)], axis=-1
             )
             y = patches @ kernel.reshape(49 * c, self.features)
-        return y + bias.astype(self.dtype)
+        if not self.use_bias:
+            return y
+        return y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
 def _crop(x, offset: int, like_h: int, like_w: int):
@@ -234,6 +252,16 @@ class FCN(nn.Module):
     images: float[N, H, W, 3], already normalised; H, W >= 32.
     Returns logits float32[N, H, W, num_classes]. Dropout (after fc6 and fc7)
     is active when ``train=True`` and draws from the ``dropout`` rng stream.
+
+    The ``vgg16_bn`` backbone puts a BatchNorm (``<layer>_bn``, its statistics in
+    the ``batch_stats`` collection) after every VGG convolution, as torchvision's
+    ``vgg16_bn``; ``fc_batch_norm`` also after fc6 and fc7, with no bias on the
+    convolutions, fc6/fc7 and score layers: the network of the MindSpore FCN-8s
+    tutorial. With ``train=True`` BatchNorm normalises by the statistics of the
+    batch and updates the running ones (apply with ``mutable=["batch_stats"]``),
+    unless ``freeze_batch_norm``. Under ``jax.jit`` with the batch split over
+    devices, the batch statistics are means over the whole global batch: XLA
+    reduces them across the devices, so 1 device and 8 compute the same.
     """
 
     variant: str = "fcn8s"
@@ -245,17 +273,23 @@ class FCN(nn.Module):
     dropout_rate: float = 0.5
     fc6_impl: str = "matmul"
     dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+    backbone: str = "vgg16"
+    fc_batch_norm: bool = False
+    freeze_batch_norm: bool = False  # Use the running statistics in training too.
 
     def __post_init__(self):
         for field, value, allowed in (
             ("variant", self.variant, VARIANTS),
             ("geometry", self.geometry, GEOMETRIES),
             ("fc6_impl", self.fc6_impl, FC6_IMPLS),
+            ("backbone", self.backbone, BACKBONES),
         ):
             if value not in allowed:
                 raise ValueError(f"FCN {field}={value!r} is not one of {allowed}")
         if self.at_once and self.variant != "fcn8s":
             raise ValueError(f"at_once applies to fcn8s only, not to {self.variant!r}")
+        if self.fc_batch_norm and self.backbone != "vgg16_bn":
+            raise ValueError(f"fc_batch_norm needs the vgg16_bn backbone, not {self.backbone!r}")
         super().__post_init__()
 
     @nn.compact
@@ -269,25 +303,44 @@ class FCN(nn.Module):
                 f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}; pad or upscale it"
             )
         caffe = self.geometry == "caffe"
+        # The tutorial's network has no bias where a BatchNorm follows, nor in its scores.
+        bias = not self.fc_batch_norm
 
         def conv(name, features, kernel_size, pad, kernel_init=_he_init):
-            return Conv(features, kernel_size, pad, self.dtype, kernel_init, name=name)
+            return Conv(features, kernel_size, pad, self.dtype, kernel_init, bias, name=name)
+
+        def norm(x, layer):
+            return nn.BatchNorm(
+                use_running_average=not train or self.freeze_batch_norm,
+                momentum=BN_MOMENTUM,
+                epsilon=BN_EPSILON,
+                dtype=self.dtype,
+                name=batch_norm_name(layer),
+            )(x)
 
         x = images.astype(self.dtype)
         pools = {}
         for stage, (names, multiplier) in enumerate(VGG16_STAGES, start=1):
             for name in names:
                 pad = CAFFE_CONV1_PAD if caffe and name == "conv1_1" else 1
-                x = nn.relu(conv(name, self.base_width * multiplier, 3, pad)(x))
+                x = conv(name, self.base_width * multiplier, 3, pad)(x)
+                if self.backbone == "vgg16_bn":
+                    x = norm(x, name)
+                x = nn.relu(x)
             # Ceil-mode pooling (Caffe): a partial last window still yields a cell.
             h, w = x.shape[1:3]
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, h % 2), (0, w % 2)))
             pools[f"pool{stage}"] = x
 
-        x = FC6(self.fc_width, 0 if caffe else 3, self.fc6_impl, self.dtype, name="fc6")(x)
+        fc6 = FC6(self.fc_width, 0 if caffe else 3, self.fc6_impl, self.dtype, bias, name="fc6")
+        x = fc6(x)
+        if self.fc_batch_norm:
+            x = norm(x, "fc6")
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-        x = nn.relu(conv("fc7", self.fc_width, 1, 0)(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = conv("fc7", self.fc_width, 1, 0)(x)
+        if self.fc_batch_norm:
+            x = norm(x, "fc7")
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
         score = conv("score_fr", self.num_classes, 1, 0, nn.initializers.zeros)(x)
 
         skips = {"fcn32s": (), "fcn16s": ("pool4",), "fcn8s": ("pool4", "pool3")}[self.variant]

@@ -8,6 +8,8 @@ float work on the host.
     reference FCN nets (fcn.berkeleyvision.org).
   * ``torch``: RGB scaled to 0-1, minus the ImageNet mean, over its std
     (torchvision's VGG-16).
+  * ``mindspore``: BGR, 0-255, minus the ImageNet mean, over its std, both in
+    0-255 units (the MindSpore FCN-8s tutorial and model zoo).
 """
 
 import jax.numpy as jnp
@@ -16,7 +18,10 @@ import jax.numpy as jnp
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-NORMALIZATIONS = ("caffe", "torch")
+# The MindSpore tutorial's constants, as it writes them: BGR order, 0-255 units.
+MINDSPORE_MEAN_BGR = (103.53, 116.28, 123.675)
+MINDSPORE_STD_BGR = (57.375, 57.12, 58.395)
+NORMALIZATIONS = ("caffe", "torch", "mindspore")
 
 
 def mean_rgb_uint8(mode: str) -> tuple[int, int, int]:
@@ -25,6 +30,8 @@ def mean_rgb_uint8(mode: str) -> tuple[int, int, int]:
         return tuple(int(round(c)) for c in CAFFE_MEAN_BGR[::-1])
     if mode == "torch":
         return tuple(int(round(255 * c)) for c in IMAGENET_MEAN_RGB)
+    if mode == "mindspore":
+        return tuple(int(round(c)) for c in MINDSPORE_MEAN_BGR[::-1])
     raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
 
 
@@ -35,6 +42,8 @@ def normalize(images, mode: str, dtype=jnp.float32):
         x = x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
     elif mode == "torch":
         x = (x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB)) / jnp.asarray(IMAGENET_STD_RGB)
+    elif mode == "mindspore":
+        x = (x[..., ::-1] - jnp.asarray(MINDSPORE_MEAN_BGR)) / jnp.asarray(MINDSPORE_STD_BGR)
     else:
         raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
     return x.astype(dtype)

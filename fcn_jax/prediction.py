@@ -182,7 +182,7 @@ class _Runner:
     """Gathers photos into fixed-size batches per padded canvas and segments them."""
 
     def __init__(self, config, restored, count: int, batch_size: int):
-        self.programs, self.params = restored.programs, restored.params
+        self.programs, self.variables = restored.programs, restored.variables
         data = self.programs.mesh.shape["data"]
         wanted = batch_size or min(config.dataset.eval_batch_size, count)
         self.batch_size = -(-wanted // data) * data  # Whole batches for the "data" axis.
@@ -214,5 +214,5 @@ class _Runner:
                 pixels = photos.resize(pixels, h, w)
             images[i, :h, :w] = pixels
         batch = sharding.global_batch({"image": images}, self.programs.mesh)["image"]
-        preds = np.asarray(jax.device_get(self.programs.predict_step(self.params, batch)))
+        preds = np.asarray(jax.device_get(self.programs.predict_step(self.variables, batch)))
         return [(p, preds[i, : p.size[0], : p.size[1]]) for i, p in enumerate(group)]

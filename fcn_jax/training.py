@@ -1,197 +1,33 @@
-"""Training and evaluation: pure steps compiled once over a device mesh, and the loop.
+"""The training loop: resume or start (from init_from), train, evaluate, checkpoint, log.
 
-``train_step(state, batch, rng)`` and ``eval_step(params, batch)`` are pure
-functions; ``compile_steps`` wraps them in ``jax.jit`` with explicit input and
-output shardings (state by the config's rules, batches split over "data") and
-donates the state, so one program serves one device, many, or many hosts.
+The steps it runs are the pure, compiled ones of ``fcn_jax.steps``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import time
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers
-from jax.sharding import SingleDeviceSharding
 
 from fcn_jax import (
     checkpointing,
-    convert,
     evaluation,
-    inference,
+    init_from,
     input_pipeline,
-    losses,
-    metrics,
     models,
-    optim,
     sharding,
+    steps,
     visualize,
 )
 from fcn_jax.config_lib import validate_config
-from fcn_jax.normalization import normalize
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
 
 
 class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite."""
-
-
-def build_model(config) -> models.FCN:
-    m = config.model
-    return models.FCN(
-        variant=m.variant,
-        num_classes=m.num_classes,
-        geometry=m.geometry,
-        at_once=m.at_once,
-        base_width=m.base_width,
-        fc_width=m.fc_width,
-        dropout_rate=m.dropout_rate,
-        fc6_impl=m.fc6_impl,
-        dtype=DTYPES[m.dtype],
-    )
-
-
-def make_init_fn(model: models.FCN, tx):
-    """rng -> TrainState at step 0. Parameters do not depend on the input size."""
-
-    def init(rng):
-        images = jnp.zeros((1, models.MIN_INPUT_SIZE, models.MIN_INPUT_SIZE, 3), jnp.float32)
-        params = model.init(rng, images, train=False)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    return init
-
-
-def make_train_step(model: models.FCN, tx, config):
-    normalization, reduction = config.dataset.normalization, config.loss_reduction
-
-    def train_step(state: TrainState, batch, rng):
-        rng = jax.random.fold_in(rng, state.step)
-        images = normalize(batch["image"], normalization, model.dtype)
-        labels = batch["label"].astype(jnp.int32)
-
-        def loss_fn(params):
-            logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
-            loss, num_valid = losses.cross_entropy(logits, labels, reduction=reduction)
-            return loss, (logits, num_valid)
-
-        (loss, (logits, num_valid)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        correct = (jnp.argmax(logits, -1) == labels) & (labels != input_pipeline.VOID)
-        step_metrics = {
-            "loss": loss,
-            "pixel_accuracy": jnp.sum(correct) / jnp.maximum(num_valid, 1.0),
-            "grad_norm": optax.global_norm(grads),
-        }
-        return TrainState(state.step + 1, params, opt_state), step_metrics
-
-    return train_step
-
-
-def make_scores_fn(model: models.FCN, config):
-    """(params, uint8 images) -> class scores, with the config's test-time augmentation."""
-    normalization, options = config.dataset.normalization, config.inference
-    window, stride = inference.sliding_windows(config)
-
-    def scores(params, images):
-        return inference.predict_scores(
-            lambda x: model.apply({"params": params}, x, train=False),
-            normalize(images, normalization, model.dtype),
-            scales=tuple(options.scales),
-            flip=options.flip,
-            window=window,
-            stride=stride,
-        )
-
-    return scores
-
-
-def make_eval_step(model: models.FCN, config):
-    scores, num_classes = make_scores_fn(model, config), config.model.num_classes
-
-    def eval_step(params, batch):
-        preds = jnp.argmax(scores(params, batch["image"]), -1)
-        return metrics.confusion_matrix(batch["label"], preds, num_classes)
-
-    return eval_step
-
-
-def make_predict_step(model: models.FCN, config):
-    scores = make_scores_fn(model, config)
-
-    def predict_step(params, images):
-        return jnp.argmax(scores(params, images), -1).astype(jnp.uint8)
-
-    return predict_step
-
-
-@dataclasses.dataclass
-class Programs:
-    """The jitted functions and the shardings they agree on."""
-
-    mesh: jax.sharding.Mesh
-    state_shardings: Any
-    abstract_state: Any  # ShapeDtypeStructs with shardings: a restore target.
-    init: Any
-    train_step: Any
-    eval_step: Any  # (params, batch) -> confusion matrix.
-    predict_step: Any  # (params, uint8 images) -> uint8 class indices, on every process.
-
-
-def compile_steps(config, mesh) -> Programs:
-    model = build_model(config)
-    tx, _ = optim.make_optimizer(
-        config.optimizer, config.num_train_steps, config.model.freeze_upsampling
-    )
-    init = make_init_fn(model, tx)
-    shapes = jax.eval_shape(init, jax.random.key(0))
-    rules = sharding.get_rules(config.mesh.param_sharding)
-    state_sh = sharding.tree_shardings(shapes, mesh, rules)
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sh
-    )
-    batch_sh = sharding.batch_sharding(mesh)
-    repl = sharding.replicated(mesh)
-    return Programs(
-        mesh=mesh,
-        state_shardings=state_sh,
-        abstract_state=abstract,
-        init=jax.jit(init, out_shardings=state_sh),
-        train_step=jax.jit(
-            make_train_step(model, tx, config),
-            in_shardings=(state_sh, batch_sh, repl),
-            out_shardings=(state_sh, repl),
-            donate_argnums=(0,),
-        ),
-        eval_step=jax.jit(
-            make_eval_step(model, config),
-            in_shardings=(state_sh.params, batch_sh),
-            out_shardings=repl,
-        ),
-        predict_step=jax.jit(
-            make_predict_step(model, config),
-            in_shardings=(state_sh.params, batch_sh),
-            out_shardings=repl,
-        ),
-    )
 
 
 class _Progress:
@@ -229,7 +65,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (resuming from the latest checkpoint in workdir); returns the last eval metrics."""
     validate_config(config)
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    resolve_normalization(config, manager, manager.latest_step())
+    init_from.resolve_normalization(config, manager, manager.latest_step())
     mesh = sharding.make_mesh(config.mesh.shape)
     sharding.check_batch_sizes(
         mesh,
@@ -238,7 +74,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "dataset.eval_batch_size": config.dataset.eval_batch_size,
         },
     )
-    programs = compile_steps(config, mesh)
+    programs = steps.compile_steps(config, mesh)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
@@ -249,7 +85,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if start is None:
             state, start = programs.init(init_rng), 0
             if config.init_from:
-                state = _init_from(state, programs, config)
+                state = init_from.initialise(state, programs, config)
             writer.write_hparams(_flat_hparams(config))
         else:
             checkpointing.check_compatible(manager, start, config)
@@ -285,7 +121,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
             evaluated = None
             if step % config.eval_every_steps == 0 or is_last:
                 result = evaluation.evaluate(
-                    programs, state.params, config, num_examples=config.eval_summary_images
+                    programs,
+                    steps.variables(state),
+                    config,
+                    num_examples=config.eval_summary_images,
                 )
                 eval_metrics = result.metrics
                 evaluated = evaluation.scalar_metrics(eval_metrics)
@@ -300,63 +139,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         manager.wait_until_finished()
         manager.close()
         writer.close()
-
-
-def resolve_normalization(config, manager, step) -> None:
-    """Fills dataset.normalization="" from the checkpoint, the init_from weights, or caffe."""
-    if config.dataset.normalization:
-        return
-    if step is not None:
-        value = checkpointing.saved_config(manager, step)["dataset"]["normalization"]
-    elif config.init_from:
-        value = load_init(config.init_from, params=False)[1]["normalization"]
-    else:
-        value = "caffe"
-    config.dataset.normalization = value
-    logging.info("Input normalisation: %s", value)
-
-
-def load_init(path: str, params: bool = True):
-    """(params or None, meta) from converted weights, or a training workdir's best checkpoint.
-
-    A workdir gives the paper's staged training: FCN-16s from a trained FCN-32s,
-    FCN-8s from FCN-16s.
-    """
-    if not os.path.isdir(checkpointing.checkpoint_dir(path)):
-        return convert.load_weights(path) if params else (None, convert.load_meta(path))
-    manager = checkpointing.make_manager(path, read_only=True)
-    try:
-        step = checkpointing.resolve_step(manager, "best")
-        saved = ml_collections.ConfigDict(checkpointing.saved_config(manager, step))
-        meta = {
-            "variant": saved.model.variant,
-            "num_classes": saved.model.num_classes,
-            "normalization": saved.dataset.normalization,
-            "geometry": saved.model.geometry,
-            "at_once": saved.model.at_once,
-            "checkpoint": step,
-        }
-        if not params:
-            return None, meta
-        model, device = build_model(saved), jax.local_devices()[0]
-        shapes = jax.eval_shape(make_init_fn(model, optax.identity()), jax.random.key(0)).params
-        abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=SingleDeviceSharding(device)),
-            shapes,
-        )
-        restored = checkpointing.restore_params(manager, step, abstract)
-        return jax.tree.map(np.asarray, restored), meta
-    finally:
-        manager.close()
-
-
-def _init_from(state: TrainState, programs: Programs, config) -> TrainState:
-    """The fresh state with the layers taken from config.init_from."""
-    weights, meta = load_init(config.init_from)
-    params, taken = convert.merge_into(state.params, weights, config.init_layers)
-    convert.check_head(meta, config.model, taken, config.init_from)
-    logging.info("Initialised %s from %s (%s)", list(taken), config.init_from, meta)
-    return state.replace(params=sharding.put(params, programs.state_shardings.params))
 
 
 def _write_eval_summaries(writer, step: int, result, config) -> None:

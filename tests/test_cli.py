@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import checkpointing, sharding, training
+from fcn_jax import checkpointing, sharding, steps
 from tests.conftest import REPO
 from tests.test_init_from import save_tiny_weights, tiny_params
 
@@ -109,12 +109,12 @@ def free_port():
 
 def restored_params(workdir, config):
     """The latest parameters, restored onto one device whatever mesh saved them."""
-    programs = training.compile_steps(config, sharding.make_mesh((1, 1)))
+    programs = steps.compile_steps(config, sharding.make_mesh((1, 1)))
     manager = checkpointing.make_manager(str(workdir), read_only=True)
     try:
         step = manager.latest_step()
-        params = checkpointing.restore_params(manager, step, programs.abstract_state.params)
-        return jax.device_get(params)
+        restored = checkpointing.restore_variables(manager, step, programs.abstract_variables)
+        return jax.device_get(restored["params"])
     finally:
         manager.close()
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fcn_jax import models, training
+from fcn_jax import models, steps
 from fcn_jax.config_lib import validate_config
 from tests.test_models import PARAM_COUNTS
 
@@ -17,7 +17,7 @@ CONFIGS = ("default", "demo", "fcn32s", "fcn16s", "fcn8s")
 def test_config_builds_its_model(name):
     module = importlib.import_module(f"configs.{name}")
     config = module.get_config()
-    model = training.build_model(config)
+    model = steps.build_model(config)
     variables = jax.eval_shape(
         lambda k: model.init(k, jnp.zeros((1, 64, 64, 3)), train=False), jax.random.key(0)
     )
@@ -107,3 +107,36 @@ def test_at_once_is_an_fcn8s_recipe():
     assert fcn8s.get_config("at_once").optimizer.learning_rate == 0.01  # Batched recipe.
     with pytest.raises(ValueError, match="at_once is an FCN-8s recipe, not one for fcn16s"):
         fcn16s.get_config("at_once")
+
+
+def test_mindspore_recipe_is_the_tutorials_network_and_the_model_zoos_recipe():
+    from configs import fcn8s, fcn16s
+    from tests.test_batch_norm import MINDSPORE_FCN8S_STATISTICS, MINDSPORE_FCN8S_TRAINABLE
+
+    config = fcn8s.get_config("mindspore")
+    validate_config(config)
+    variables = jax.eval_shape(
+        lambda k: steps.build_model(config).init(k, jnp.zeros((1, 64, 64, 3)), train=False),
+        jax.random.key(0),
+    )
+    assert models.param_count(variables["params"]) == MINDSPORE_FCN8S_TRAINABLE
+    assert models.param_count(variables["batch_stats"]) == MINDSPORE_FCN8S_STATISTICS
+    assert config.dataset.normalization == "mindspore"
+    assert (config.dataset.crop_size, config.dataset.scale_range, config.dataset.flip) == (
+        (512, 512),
+        (0.5, 2.0),
+        True,
+    )
+    opt = config.optimizer
+    assert (opt.name, opt.momentum, opt.learning_rate, opt.schedule) == (
+        "sgd",
+        0.9,
+        0.015,
+        "cosine",
+    )
+    assert (opt.weight_decay, config.batch_size, config.num_train_steps) == (1e-4, 32, 165_500)
+    assert config.model.dropout_rate == 0 and not config.model.freeze_upsampling
+    with pytest.raises(ValueError, match="mindspore is an FCN-8s recipe, not one for fcn16s"):
+        fcn16s.get_config("mindspore")
+    with pytest.raises(ValueError, match="mindspore and caffe are two different recipes"):
+        fcn8s.get_config("mindspore,caffe")

@@ -20,6 +20,7 @@ torch = pytest.importorskip(
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch_reference as ref  # noqa: E402
+from mindspore_fixtures import write_checkpoint  # noqa: E402
 
 from fcn_jax import convert, models  # noqa: E402
 from fcn_jax.convert import ConversionError  # noqa: E402
@@ -147,6 +148,11 @@ def backbone_case():
     return net, start, x, expected
 
 
+def load_backbone(params, source, layout):
+    """convert.load_backbone on the variables of a model without BatchNorm."""
+    return convert.load_backbone({"params": params, "batch_stats": {}}, source, layout)["params"]
+
+
 def _torchvision_file(net, tmp_path):
     path = tmp_path / "vgg16.pth"
     torch.save(ref.to_torchvision(net), path)
@@ -186,7 +192,7 @@ def test_load_backbone_matches_reference(source, backbone_case, tmp_path):
     net, start, x, expected = backbone_case
     layout, make = SOURCES[source]
     before = jax.tree.map(np.array, start)
-    loaded = convert.load_backbone(start, make(net, tmp_path), layout)
+    loaded = load_backbone(start, make(net, tmp_path), layout)
     _assert_trees_equal(start, before)  # The input tree is left alone.
     assert set(loaded) == set(start)
     for name in set(start) - set(BACKBONE_LAYERS):  # Heads pass through.
@@ -212,7 +218,7 @@ def test_wrong_fc6_flatten_order_is_caught(source, backbone_case, tmp_path):
     """The parity check above is sensitive to fc6's flatten order."""
     net, start, x, expected = backbone_case
     layout, make = WRONG_FC6[source]
-    loaded = convert.load_backbone(start, make(net, tmp_path), layout)
+    loaded = load_backbone(start, make(net, tmp_path), layout)
     assert_differs(flax_logits(loaded, "fcn8s", x), expected)
 
 
@@ -241,7 +247,7 @@ def test_wrong_file_type(layout, backbone_case, tmp_path):
     path = tmp_path / "weights.txt"
     path.write_text("these are not weights\n")
     with pytest.raises(ConversionError):
-        convert.load_backbone(backbone_case[1], str(path), layout)
+        load_backbone(backbone_case[1], str(path), layout)
     assert issubclass(ConversionError, ValueError)
 
 
@@ -258,7 +264,7 @@ def test_missing_backbone_key_is_listed(backbone_case):
     sd = ref.to_torchvision(net)
     del sd["features.10.weight"]
     with pytest.raises(ConversionError, match=re.escape("features.10.weight")):
-        convert.load_backbone(start, sd, "torchvision")
+        load_backbone(start, sd, "torchvision")
 
 
 def test_unexpected_key_is_named(small_state):
@@ -283,7 +289,7 @@ def test_backbone_shape_mismatch_names_layer_and_shapes(backbone_case):
     net = ref.reference_net("fcn8s", base_width=B // 2, fc_width=F, seed=7)
     start = backbone_case[1]
     with pytest.raises(ConversionError) as e:
-        convert.load_backbone(start, ref.to_torchvision(net), "torchvision")
+        load_backbone(start, ref.to_torchvision(net), "torchvision")
     message = str(e.value)
     assert "conv1_1" in message
     assert _names_shape(message, (B // 2, 3, 3, 3)), message
@@ -295,3 +301,74 @@ def test_num_classes_mismatch(small_state):
         convert.from_torch_state_dict(small_state, "fcn8s", num_classes=5)
     message = str(e.value)
     assert "class" in message and re.search(r"\b21\b", message) and re.search(r"\b5\b", message)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm networks: torchvision's vgg16_bn, the MindSpore FCN-8s tutorial.
+
+
+def test_torchvision_vgg16_bn_backbone_matches_reference(tmp_path):
+    """A vgg16_bn's convolutions and BatchNorms (random statistics) load into FCN-8s."""
+    net = ref.reference_net("fcn8s", batch_norm=True, base_width=B, fc_width=F, seed=7)
+    model = models.FCN(variant="fcn8s", backbone="vgg16_bn", base_width=B, fc_width=F)
+    state = {k: v for k, v in net.state_dict().items() if "_bn." not in k}
+    heads = convert.from_torch_state_dict(state, "fcn8s")  # Heads; its plain backbone is replaced.
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), convert.abstract_variables(model))
+    head_layers = [n for n in models.HEAD_LAYERS if n in heads]
+    start = convert.merge_into(zeros, {"params": heads}, head_layers)[0]
+    path = tmp_path / "vgg16_bn.pth"
+    torch.save(ref.to_torchvision(net), path)
+    variables = convert.load_backbone(start, str(path), "torchvision")
+    assert set(variables["batch_stats"]) == {f"{n}_bn" for n in ref.CONV_NAMES}
+    x = _image(65, 33, seed=7)
+    out = model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
+    assert_match(np.asarray(out), torch_logits(net, x))
+    with pytest.raises(ConversionError, match=r"conv1_1_bn.*missing from .* the model"):
+        load_backbone(heads, str(path), "torchvision")  # A plain VGG-16 FCN has no BatchNorms.
+
+
+def _mindspore_file(net, tmp_path, **extra):
+    path = tmp_path / "fcn8s.ckpt"
+    write_checkpoint(path, {**ref.to_mindspore(net), **extra})
+    return path
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 64)])
+def test_mindspore_tutorial_checkpoint_matches_the_restated_network(size, tmp_path):
+    net = ref.mindspore_tutorial_net(num_classes=21, base_width=B, fc_width=F, seed=8)
+    # What MindSpore's ModelCheckpoint saves beside the network is skipped.
+    extra = {
+        "moments.conv1.0.weight": np.zeros((B, 3, 3, 3), np.float32),
+        "global_step": np.zeros((1,), np.float32),
+        "learning_rate": np.full((1,), 0.015, np.float32),
+    }
+    model, variables = convert.from_mindspore_checkpoint(_mindspore_file(net, tmp_path, **extra))
+    assert (model.backbone, model.fc_batch_norm, model.geometry) == ("vgg16_bn", True, "same")
+    assert "bias" not in variables["params"]["conv1_1"]  # The tutorial's convolutions have none.
+    x = _image(*size, seed=8)
+    out = model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
+    assert_match(np.asarray(out), torch_logits(net, x))
+
+
+def test_mindspore_checkpoint_errors_name_what_is_wrong(tmp_path):
+    net = ref.mindspore_tutorial_net(num_classes=21, base_width=B, fc_width=F, seed=9)
+    tensors = ref.to_mindspore(net)
+    with pytest.raises(ConversionError, match="score_fr has 21 classes but num_classes=5"):
+        convert.from_mindspore_checkpoint(_mindspore_file(net, tmp_path), num_classes=5)
+    missing = {k: v for k, v in tensors.items() if not k.startswith("conv3.4.")}
+    write_checkpoint(tmp_path / "missing.ckpt", missing)
+    with pytest.raises(ConversionError, match=r"missing keys \['conv3.4.beta', 'conv3.4.gamma'"):
+        convert.from_mindspore_checkpoint(tmp_path / "missing.ckpt")
+    write_checkpoint(
+        tmp_path / "extra.ckpt", {**tensors, "aux_head.weight": tensors["score_fr.weight"]}
+    )
+    with pytest.raises(ConversionError, match=r"unexpected keys \['aux_head.weight'\]"):
+        convert.from_mindspore_checkpoint(tmp_path / "extra.ckpt")
+    wrong = dict(tensors, **{"conv2.0.weight": np.zeros((2 * B, B + 1, 3, 3), np.float32)})
+    write_checkpoint(tmp_path / "shape.ckpt", wrong)
+    with pytest.raises(ConversionError, match=r"layer conv2_1 kernel"):
+        convert.from_mindspore_checkpoint(tmp_path / "shape.ckpt")
+    data = (tmp_path / "fcn8s.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match=r"cut.ckpt is not a MindSpore checkpoint"):
+        convert.from_mindspore_checkpoint(tmp_path / "cut.ckpt")

@@ -16,14 +16,15 @@ from fcn_jax import (
     metrics,
     normalization,
     sharding,
+    steps,
     training,
     visualize,
 )
-from tests.test_init_from import save_tiny_weights, tiny_params
+from tests.test_init_from import as_variables, save_tiny_weights, tiny_params
 
 
 def one_device(config):
-    return training.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1]))
+    return steps.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1]))
 
 
 def test_report_recomputes_exactly_from_its_own_confusion_matrix(tmp_path):
@@ -81,7 +82,7 @@ def test_flip_and_multi_scale_over_the_split_follow_their_definition(tiny_config
         dataset__image_size=(64, 64), inference__flip=True, inference__scales=(0.75, 1.0)
     )
     params = tiny_params("fcn8s")  # Random score layers: the prediction varies.
-    model = training.build_model(config)
+    model = steps.build_model(config)
 
     def by_definition(images):
         n, h, w, _ = images.shape
@@ -97,10 +98,11 @@ def test_flip_and_multi_scale_over_the_split_follow_their_definition(tiny_config
                 total = total + jax.nn.softmax(logits, -1)
         return total
 
-    augmented = evaluation.evaluate(one_device(config), params, config).confusion_matrix
+    variables = as_variables(params)
+    augmented = evaluation.evaluate(one_device(config), variables, config).confusion_matrix
     np.testing.assert_array_equal(augmented, reference_confusion(config, by_definition))
     config.inference.flip, config.inference.scales = False, (1.0,)
-    plain = evaluation.evaluate(one_device(config), params, config).confusion_matrix
+    plain = evaluation.evaluate(one_device(config), variables, config).confusion_matrix
     assert plain.sum() == augmented.sum() and not np.array_equal(plain, augmented)
 
 
@@ -112,7 +114,7 @@ def test_sliding_windows_over_the_split_tile_each_canvas(tiny_config):
         inference__sliding_window=True,
     )
     params = tiny_params("fcn8s")
-    model = training.build_model(config)
+    model = steps.build_model(config)
     window, stride = inference.sliding_windows(config)
     assert stride == (21, 21)  # Windows at 0, 21 and 32 along each side of the 64x64 images.
 
@@ -120,7 +122,7 @@ def test_sliding_windows_over_the_split_tile_each_canvas(tiny_config):
         logits_fn = lambda x: model.apply({"params": params}, x, train=False)  # noqa: E731
         return inference.predict_scores(logits_fn, images, window=window, stride=stride)
 
-    windows = evaluation.evaluate(one_device(config), params, config).confusion_matrix
+    windows = evaluation.evaluate(one_device(config), as_variables(params), config).confusion_matrix
     np.testing.assert_array_equal(windows, reference_confusion(config, tiled))
 
 
@@ -128,7 +130,7 @@ def test_eval_examples_show_input_truth_and_prediction(tiny_config):
     config = tiny_config()
     programs = one_device(config)
     params = tiny_params("fcn8s")  # Trained-looking: the predictions vary across classes.
-    result = evaluation.evaluate(programs, params, config, num_examples=2)
+    result = evaluation.evaluate(programs, as_variables(params), config, num_examples=2)
     first = next(input_pipeline.eval_iterator(config)[0])
     height, width = config.dataset.image_size
     assert result.examples.shape == (2, height, 3 * width, 3)
@@ -136,7 +138,7 @@ def test_eval_examples_show_input_truth_and_prediction(tiny_config):
     np.testing.assert_array_equal(
         result.examples[:, :, width : 2 * width], visualize.colorize(first["label"][:2])
     )
-    model = training.build_model(config)
+    model = steps.build_model(config)
     logits = model.apply(
         {"params": params},
         normalization.normalize(first["image"][:2], config.dataset.normalization),

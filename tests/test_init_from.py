@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcn_jax import checkpointing, convert, evaluation, models, training
+from fcn_jax import checkpointing, convert, evaluation, init_from, models, sharding, steps, training
 
 # The head of the tiny test configs (the demo's): weights with score layers record it.
 SAME_HEAD = {"geometry": "same", "at_once": False}
@@ -15,12 +15,17 @@ def save_tiny_weights(path, params, variant="fcn8s", num_classes=4, normalizatio
     """Saves test parameters as converted weights for init_from, for the tiny configs' head."""
     convert.save_weights(
         str(path),
-        params,
+        as_variables(params),
         variant=variant,
         num_classes=num_classes,
         normalization=normalization,
         **{**SAME_HEAD, **head},
     )
+
+
+def as_variables(params):
+    """The variables of a model without BatchNorm."""
+    return {"params": params, "batch_stats": {}}
 
 
 def tiny_params(variant, num_classes=4, seed=0):
@@ -47,11 +52,10 @@ def to_torch_layout(params, tensor=np.asarray):
 def first_params(config, workdir):
     manager = checkpointing.make_manager(str(workdir), read_only=True)
     try:
-        programs = training.compile_steps(config, training.sharding.make_mesh((1, 1)))
+        programs = steps.compile_steps(config, sharding.make_mesh((1, 1)))
         step = min(manager.all_steps())
-        return jax.device_get(
-            checkpointing.restore_params(manager, step, programs.abstract_state.params)
-        )
+        restored = checkpointing.restore_variables(manager, step, programs.abstract_variables)
+        return jax.device_get(restored["params"])
     finally:
         manager.close()
 
@@ -86,20 +90,20 @@ def test_fcn16s_starts_from_an_fcn32s(tiny_config, tmp_path):
 def test_normalization_follows_the_weights_unless_the_config_sets_it(tiny_config, tmp_path):
     convert.save_weights(
         str(tmp_path / "w"),
-        {n: tiny_params("fcn8s")[n] for n in models.BACKBONE_LAYERS},
+        as_variables({n: tiny_params("fcn8s")[n] for n in models.BACKBONE_LAYERS}),
         variant="fcn8s",
         num_classes=4,
         normalization="torch",
     )
     manager = checkpointing.make_manager(str(tmp_path / "run"))
     config = tiny_config(init_from=str(tmp_path / "w"), dataset__normalization="")
-    training.resolve_normalization(config, manager, None)
+    init_from.resolve_normalization(config, manager, None)
     assert config.dataset.normalization == "torch"
     config = tiny_config(init_from="", dataset__normalization="")
-    training.resolve_normalization(config, manager, None)
+    init_from.resolve_normalization(config, manager, None)
     assert config.dataset.normalization == "caffe"
     config = tiny_config(init_from=str(tmp_path / "w"), dataset__normalization="caffe")
-    training.resolve_normalization(config, manager, None)
+    init_from.resolve_normalization(config, manager, None)
     assert config.dataset.normalization == "caffe"
     manager.close()
 
@@ -122,7 +126,7 @@ def test_init_from_must_be_converted_weights(tiny_config, tmp_path):
         training.train_and_evaluate(tiny_config(init_from=str(tmp_path)), str(tmp_path / "run"))
     with pytest.raises(convert.ConversionError, match="exists"):
         convert.save_weights(
-            str(tmp_path), {}, variant="fcn8s", num_classes=4, normalization="caffe"
+            str(tmp_path), as_variables({}), variant="fcn8s", num_classes=4, normalization="caffe"
         )
 
 
@@ -148,12 +152,15 @@ def test_convert_cli_writes_weights_that_train_reads(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     weights, meta = convert.load_weights(str(tmp_path / "w"))
+    weights = weights["params"]
     assert meta == {
         "variant": "fcn8s",
         "num_classes": 4,
         "normalization": "caffe",
         "geometry": "caffe",  # The published FCNs are caffe nets.
         "at_once": False,
+        "backbone": "vgg16",
+        "fc_batch_norm": False,
         "layers": sorted(params),
     }
     jax.tree.map(np.testing.assert_array_equal, weights, params)
@@ -179,7 +186,7 @@ def test_staged_training_starts_from_another_runs_best_checkpoint(tiny_config, t
     """FCN-16s from a trained FCN-32s workdir, as in the paper's staged recipe: its best
     checkpoint by eval mean IoU, not its latest."""
     stage1 = tiny_config(model__variant="fcn32s")
-    programs = training.compile_steps(stage1, training.sharding.make_mesh((1, 1)))
+    programs = steps.compile_steps(stage1, sharding.make_mesh((1, 1)))
     state = programs.init(jax.random.key(0))
     manager = checkpointing.make_manager(str(tmp_path / "fcn32s"), keep=2)
     trained = {}
@@ -233,7 +240,7 @@ def test_a_trained_workdir_wins_over_the_init_from_that_started_it(tiny_config, 
     training.train_and_evaluate(config, str(tmp_path / "run"))
     restored = evaluation.restore(config, str(tmp_path / "run"), "latest")
     assert (restored.step, restored.source) == (2, f"checkpoint 2 of {tmp_path / 'run'}")
-    params = jax.device_get(restored.params)
+    params = jax.device_get(restored.variables["params"])
     jax.tree.map(np.testing.assert_array_equal, params, first_params(config, tmp_path / "run"))
     assert not np.allclose(params["score_fr"]["kernel"], weights["score_fr"]["kernel"])
     # Without checkpoints in the workdir, init_from is what there is to run.

@@ -11,7 +11,7 @@ import photo_fixtures
 import pytest
 from PIL import Image
 
-from fcn_jax import inference, normalization, photos, prediction, training
+from fcn_jax import inference, normalization, photos, prediction, steps
 from tests.conftest import REPO, SAMPLES, require_samples
 from tests.test_init_from import save_tiny_weights, tiny_params
 from tests.test_photos import pick_sample
@@ -28,7 +28,7 @@ def tiny_weights(config, path):
         geometry=config.model.geometry,
         at_once=config.model.at_once,
     )
-    return training.build_model(config), params
+    return steps.build_model(config), params
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from fcn_jax import checkpointing, evaluation, input_pipeline, sharding, training
-from tests.test_init_from import tiny_params
+from fcn_jax import checkpointing, evaluation, input_pipeline, sharding, steps, training
+from tests.test_init_from import as_variables, tiny_params
 
 
 def mesh_of(shape, num_devices):
@@ -18,7 +18,7 @@ def mesh_of(shape, num_devices):
 
 
 def run_steps(config, mesh, num_steps=2):
-    programs = training.compile_steps(config, mesh)
+    programs = steps.compile_steps(config, mesh)
     state = programs.init(jax.random.key(0))
     batches = input_pipeline.train_iterator(config)
     for _ in range(num_steps):
@@ -52,7 +52,7 @@ def test_sharded_train_steps_match_one_device(tiny_config, mesh_shape, rules):
 
 def test_param_sharding_rules_place_fc6_and_fc7(tiny_config):
     config = tiny_config(mesh__param_sharding="model")
-    programs = training.compile_steps(config, mesh_of((4, 2), 8))
+    programs = steps.compile_steps(config, mesh_of((4, 2), 8))
     sh = programs.state_shardings.params
     assert sh["fc6"]["kernel"].spec == P(None, None, None, "model")
     assert sh["fc7"]["kernel"].spec == P(None, None, "model", None)
@@ -71,7 +71,7 @@ def test_sharding_rule_that_does_not_divide_is_rejected(tiny_config):
     with pytest.raises(
         ValueError, match=r"cannot shard params/fc6/.*does not divide by the 8 devices"
     ):
-        training.compile_steps(config, mesh_of((8, 1), 8))
+        steps.compile_steps(config, mesh_of((8, 1), 8))
 
 
 def test_eval_confusion_matrix_is_the_same_on_8_devices(tiny_config):
@@ -79,8 +79,8 @@ def test_eval_confusion_matrix_is_the_same_on_8_devices(tiny_config):
     params = tiny_params("fcn8s")  # Trained-looking: the predictions vary across classes.
     results = []
     for shape, n in (((1, 1), 1), ((8, 1), 8)):
-        programs = training.compile_steps(config, mesh_of(shape, n))
-        placed = sharding.put(params, programs.state_shardings.params)
+        programs = steps.compile_steps(config, mesh_of(shape, n))
+        placed = sharding.put(as_variables(params), programs.variables_shardings)
         results.append(evaluation.evaluate(programs, placed, config).confusion_matrix)
     np.testing.assert_array_equal(results[0], results[1])
     size = config.dataset.image_size

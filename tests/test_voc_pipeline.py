@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fcn_jax import evaluation, input_pipeline, metrics, sharding, training
+from fcn_jax import evaluation, input_pipeline, metrics, sharding, steps
 from fcn_jax.datasets import folder
 from fcn_jax.normalization import normalize
 from tests.conftest import SAMPLES, require_samples
-from tests.test_init_from import tiny_params
+from tests.test_init_from import as_variables, tiny_params
 
 
 def folder_config(tiny_config, root, **overrides):
@@ -213,7 +213,7 @@ def test_native_size_evaluation_runs_every_image_unpadded_at_its_own_size(tiny_c
         dataset__eval_batch_size=2,
     )
     params = tiny_params("fcn8s", 21)
-    model = training.build_model(native)
+    model = steps.build_model(native)
     expected = np.zeros((21, 21), np.int64)
     for i in ids:
         image = np.asarray(Image.open(tmp_path / "JPEGImages" / f"{i}.jpg"))[None]
@@ -222,8 +222,8 @@ def test_native_size_evaluation_runs_every_image_unpadded_at_its_own_size(tiny_c
         expected += np.asarray(metrics.confusion_matrix(pil_label(tmp_path, i)[None], preds, 21))
 
     def evaluate(config):
-        programs = training.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1]))
-        return evaluation.evaluate(programs, params, config).confusion_matrix
+        programs = steps.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1]))
+        return evaluation.evaluate(programs, as_variables(params), config).confusion_matrix
 
     batches, num_batches = input_pipeline.eval_iterator(native)
     shapes = [b["image"].shape for b in batches]

@@ -32,6 +32,8 @@ CONV_NAMES = tuple(name for stage in VGG16_STAGES for name, _ in stage)
 BACKBONE_NAMES = CONV_NAMES + ("fc6", "fc7")
 # Index of each convolution in torchvision's ``vgg16().features``.
 TORCHVISION_FEATURES = dict(zip(CONV_NAMES, (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)))
+# ... and of vgg16_bn().features, each convolution's BatchNorm at the next index.
+TORCHVISION_BN_FEATURES = dict(zip(CONV_NAMES, (0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40)))
 # Keras VGG16 layer names of the same layers.
 KERAS_NAMES = {
     **{f"conv{s}_{i}": f"block{s}_conv{i}" for s in range(1, 6) for i in range(1, 4)},
@@ -41,7 +43,8 @@ KERAS_NAMES = {
 
 
 def _randomise(module: nn.Module, generator: torch.Generator) -> None:
-    """Random non-trivial weights: He-scaled kernels, nonzero biases, no saturation."""
+    """Random non-trivial weights: He-scaled kernels, nonzero biases, no saturation;
+    BatchNorms get random scales, offsets and running statistics."""
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.ConvTranspose2d):
@@ -50,11 +53,24 @@ def _randomise(module: nn.Module, generator: torch.Generator) -> None:
             elif isinstance(m, (nn.Conv2d, nn.Linear)):
                 std = math.sqrt(2.0 / m.weight[0].numel())
                 m.weight.normal_(0.0, std, generator=generator)
-                m.bias.normal_(0.0, 0.1, generator=generator)
+                if m.bias is not None:
+                    m.bias.normal_(0.0, 0.1, generator=generator)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=generator)
+                m.bias.normal_(0.0, 0.2, generator=generator)
+                m.running_mean.normal_(0.0, 0.2, generator=generator)
+                m.running_var.uniform_(0.5, 2.0, generator=generator)
+                m.num_batches_tracked.zero_()
 
 
 class VGG16Trunk(nn.Module):
-    """conv1_1 ... conv5_3 (Caffe padding), fc6, fc7 as convolutions; returns pool3, pool4, fc7."""
+    """conv1_1 ... conv5_3 (Caffe padding), fc6, fc7 as convolutions; returns pool3, pool4, fc7.
+
+    With ``batch_norm`` (torchvision's vgg16_bn), a BatchNorm ``<conv>_bn`` follows each
+    convolution.
+    """
+
+    batch_norm = False
 
     def __init__(self, base_width: int = 64, fc_width: int = 4096):
         super().__init__()
@@ -64,6 +80,8 @@ class VGG16Trunk(nn.Module):
                 out_ch = base_width * mult
                 pad = 100 if name == "conv1_1" else 1
                 setattr(self, name, nn.Conv2d(in_ch, out_ch, 3, padding=pad))
+                if self.batch_norm:
+                    setattr(self, f"{name}_bn", nn.BatchNorm2d(out_ch))
                 in_ch = out_ch
         self.fc6 = nn.Conv2d(in_ch, fc_width, 7)
         self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
@@ -78,7 +96,10 @@ class VGG16Trunk(nn.Module):
         pools = []
         for stage in VGG16_STAGES:
             for name, _ in stage:
-                x = torch.relu(getattr(self, name)(x))
+                x = getattr(self, name)(x)
+                if self.batch_norm:
+                    x = getattr(self, f"{name}_bn")(x)
+                x = torch.relu(x)
             x = self.pool(x)
             pools.append(x)
         x = self.drop(torch.relu(self.fc6(x)))
@@ -154,12 +175,26 @@ class FCN8sAtOnce(FCN8s):
     pool3_scale = 0.0001
 
 
-NETS = {"fcn32s": FCN32s, "fcn16s": FCN16s, "fcn8s": FCN8s, "fcn8s_at_once": FCN8sAtOnce}
+class FCN8sBN(FCN8s):
+    """FCN-8s on torchvision's vgg16_bn trunk (BatchNorm after each VGG convolution)."""
+
+    batch_norm = True
 
 
-def reference_net(variant, *, at_once=False, num_classes=21, base_width=8, fc_width=32, seed=0):
+NETS = {
+    "fcn32s": FCN32s,
+    "fcn16s": FCN16s,
+    "fcn8s": FCN8s,
+    "fcn8s_at_once": FCN8sAtOnce,
+    "fcn8s_bn": FCN8sBN,
+}
+
+
+def reference_net(
+    variant, *, at_once=False, batch_norm=False, num_classes=21, base_width=8, fc_width=32, seed=0
+):
     """A randomly initialised reference net in eval mode."""
-    key = "fcn8s_at_once" if at_once else variant
+    key = "fcn8s_at_once" if at_once else variant + "_bn" * batch_norm
     with torch.device("meta"):  # Skip torch's default initialisation: every weight is drawn.
         net = NETS[key](num_classes, base_width, fc_width)
     return net.to_empty(device="cpu").randomise(seed).eval()
@@ -210,12 +245,17 @@ def backbone_state(net: nn.Module) -> dict:
 
 
 def to_torchvision(net: nn.Module, seed: int = 1) -> dict:
-    """A torchvision VGG-16 state dict holding ``net``'s backbone (classifier.6 random)."""
+    """A torchvision VGG-16 (or, for a BatchNorm trunk, vgg16_bn) state dict holding
+    ``net``'s backbone (classifier.6 random)."""
     sd = net.state_dict()
     out = {}
-    for name, idx in TORCHVISION_FEATURES.items():
+    indices = TORCHVISION_BN_FEATURES if net.batch_norm else TORCHVISION_FEATURES
+    for name, idx in indices.items():
         for p in ("weight", "bias"):
             out[f"features.{idx}.{p}"] = sd[f"{name}.{p}"].detach().clone()
+        if net.batch_norm:
+            for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                out[f"features.{idx + 1}.{p}"] = sd[f"{name}_bn.{p}"].detach().clone()
     fc6, fc7 = sd["fc6.weight"], sd["fc7.weight"]
     out["classifier.0.weight"] = fc6.reshape(fc6.shape[0], -1).clone()  # (C, H, W) flatten.
     out["classifier.0.bias"] = sd["fc6.bias"].clone()
@@ -260,3 +300,87 @@ def write_keras_h5(path, weights: dict, *, model_weights: bool = False) -> None:
             g.attrs["weight_names"] = np.array(wnames)
             g.create_dataset(wnames[0].decode(), data=kernel)
             g.create_dataset(wnames[1].decode(), data=bias)
+
+
+class MindSporeTutorialFCN8s(nn.Module):
+    """The MindSpore FCN-8s tutorial's network restated in PyTorch, with its layer names.
+
+    VGG-16 whose every convolution (fc6 and fc7 included) is bias-free and followed by
+    BatchNorm and ReLU (``convN`` = [conv, BatchNorm, ReLU] * n), MindSpore's "same"
+    padding (3x3 by 1, fc6 by 3), floor-mode 2x2 pools, bias-free scores, and
+    ``Conv2dTranspose(pad_mode="same")`` upsampling: a transposed convolution cropped by
+    (kernel - stride) / 2 on each side. Takes inputs whose sides are multiples of 32.
+    """
+
+    def __init__(self, num_classes=21, base_width=64, fc_width=4096):
+        super().__init__()
+        widths, in_ch = [], 3
+        for index, stage in enumerate(VGG16_STAGES, start=1):
+            layers = []
+            for _, mult in stage:
+                out_ch = base_width * mult
+                layers += [
+                    nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_ch),
+                    nn.ReLU(),
+                ]
+                in_ch = out_ch
+            setattr(self, f"conv{index}", nn.Sequential(*layers))
+            widths.append(in_ch)
+        self.conv6 = nn.Sequential(
+            nn.Conv2d(in_ch, fc_width, 7, padding=3, bias=False),
+            nn.BatchNorm2d(fc_width),
+            nn.ReLU(),
+        )
+        self.conv7 = nn.Sequential(
+            nn.Conv2d(fc_width, fc_width, 1, bias=False), nn.BatchNorm2d(fc_width), nn.ReLU()
+        )
+        self.pool = nn.MaxPool2d(2, stride=2)
+        self.score_fr = nn.Conv2d(fc_width, num_classes, 1, bias=False)
+        self.score_pool4 = nn.Conv2d(widths[3], num_classes, 1, bias=False)
+        self.score_pool3 = nn.Conv2d(widths[2], num_classes, 1, bias=False)
+
+        def up(kernel, stride):
+            pad = (kernel - stride) // 2
+            return nn.ConvTranspose2d(num_classes, num_classes, kernel, stride, pad, bias=False)
+
+        self.upscore2, self.upscore_pool4, self.upscore8 = up(4, 2), up(4, 2), up(16, 8)
+
+    def forward(self, x):
+        pools = []
+        for index in range(1, 6):
+            x = self.pool(getattr(self, f"conv{index}")(x))
+            pools.append(x)
+        x = self.conv7(self.conv6(x))
+        x = self.upscore2(self.score_fr(x)) + self.score_pool4(pools[3])
+        x = self.upscore_pool4(x) + self.score_pool3(pools[2])
+        return self.upscore8(x)
+
+
+def mindspore_tutorial_net(num_classes=21, base_width=8, fc_width=32, seed=0):
+    """A randomly initialised restatement of the tutorial's network, in eval mode."""
+    net = MindSporeTutorialFCN8s(num_classes, base_width, fc_width)
+    _randomise(net, torch.Generator().manual_seed(seed))
+    return net.eval()
+
+
+# PyTorch's BatchNorm2d names -> MindSpore's.
+_MINDSPORE_BN = {
+    "weight": "gamma",
+    "bias": "beta",
+    "running_mean": "moving_mean",
+    "running_var": "moving_variance",
+}
+
+
+def to_mindspore(net: MindSporeTutorialFCN8s) -> dict:
+    """{MindSpore parameter name: numpy array} of the restated tutorial network."""
+    out = {}
+    for name, value in net.state_dict().items():
+        module, param = name.rsplit(".", 1)
+        if param == "num_batches_tracked":
+            continue
+        if isinstance(net.get_submodule(module), nn.BatchNorm2d):
+            name = f"{module}.{_MINDSPORE_BN[param]}"
+        out[name] = value.detach().numpy().copy()
+    return out

@@ -1,0 +1,206 @@
+"""The pure train, eval and predict steps, compiled once over a device mesh.
+
+``train_step(state, batch, rng)``, ``eval_step(variables, batch)`` and
+``predict_step(variables, images)`` are pure functions; ``compile_steps`` wraps
+them in ``jax.jit`` with explicit input and output shardings (state by the
+config's rules, batches split over "data") and donates the train state, so one
+program serves one device, many, or many hosts. The training loop, evaluation and
+prediction all run these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from fcn_jax import inference, input_pipeline, losses, metrics, models, optim, sharding
+from fcn_jax.normalization import normalize
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any  # BatchNorm running statistics; {} for a model without BatchNorm.
+    opt_state: Any
+
+
+def variables(state: TrainState) -> dict:
+    """What the eval and predict steps run: the parameters and the BatchNorm statistics."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def build_model(config) -> models.FCN:
+    m = config.model
+    return models.FCN(
+        variant=m.variant,
+        num_classes=m.num_classes,
+        geometry=m.geometry,
+        at_once=m.at_once,
+        base_width=m.base_width,
+        fc_width=m.fc_width,
+        dropout_rate=m.dropout_rate,
+        fc6_impl=m.fc6_impl,
+        dtype=DTYPES[m.dtype],
+        backbone=m.backbone,
+        fc_batch_norm=m.fc_batch_norm,
+        freeze_batch_norm=m.freeze_batch_norm,
+    )
+
+
+def make_init_fn(model: models.FCN, tx):
+    """rng -> TrainState at step 0. Variables do not depend on the input size."""
+
+    def init(rng):
+        images = jnp.zeros((1, models.MIN_INPUT_SIZE, models.MIN_INPUT_SIZE, 3), jnp.float32)
+        initial = model.init(rng, images, train=False)
+        params = initial["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=initial.get("batch_stats", {}),
+            opt_state=tx.init(params),
+        )
+
+    return init
+
+
+def make_train_step(model: models.FCN, tx, config):
+    normalization, reduction = config.dataset.normalization, config.loss_reduction
+
+    def train_step(state: TrainState, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+        images = normalize(batch["image"], normalization, model.dtype)
+        labels = batch["label"].astype(jnp.int32)
+
+        def loss_fn(params):
+            # BatchNorm normalises by the statistics of the whole global batch: its mean
+            # over a batch split across devices is a cross-device mean under jit.
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                rngs={"dropout": rng},
+                mutable=["batch_stats"],
+            )
+            loss, num_valid = losses.cross_entropy(logits, labels, reduction=reduction)
+            # Frozen BatchNorm (or none) updates nothing: the statistics stay as they are.
+            return loss, (logits, num_valid, updates.get("batch_stats", state.batch_stats))
+
+        (loss, (logits, num_valid, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = (jnp.argmax(logits, -1) == labels) & (labels != input_pipeline.VOID)
+        step_metrics = {
+            "loss": loss,
+            "pixel_accuracy": jnp.sum(correct) / jnp.maximum(num_valid, 1.0),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return TrainState(state.step + 1, params, batch_stats, opt_state), step_metrics
+
+    return train_step
+
+
+def make_scores_fn(model: models.FCN, config):
+    """(variables, uint8 images) -> class scores, with the config's test-time augmentation."""
+    normalization, options = config.dataset.normalization, config.inference
+    window, stride = inference.sliding_windows(config)
+
+    def scores(variables, images):
+        return inference.predict_scores(
+            lambda x: model.apply(variables, x, train=False),
+            normalize(images, normalization, model.dtype),
+            scales=tuple(options.scales),
+            flip=options.flip,
+            window=window,
+            stride=stride,
+        )
+
+    return scores
+
+
+def make_eval_step(model: models.FCN, config):
+    scores, num_classes = make_scores_fn(model, config), config.model.num_classes
+
+    def eval_step(variables, batch):
+        preds = jnp.argmax(scores(variables, batch["image"]), -1)
+        return metrics.confusion_matrix(batch["label"], preds, num_classes)
+
+    return eval_step
+
+
+def make_predict_step(model: models.FCN, config):
+    scores = make_scores_fn(model, config)
+
+    def predict_step(variables, images):
+        return jnp.argmax(scores(variables, images), -1).astype(jnp.uint8)
+
+    return predict_step
+
+
+@dataclasses.dataclass
+class Programs:
+    """The jitted functions and the shardings they agree on."""
+
+    mesh: jax.sharding.Mesh
+    state_shardings: Any
+    abstract_state: Any  # ShapeDtypeStructs with shardings: a restore target.
+    init: Any
+    train_step: Any
+    eval_step: Any  # (variables, batch) -> confusion matrix.
+    predict_step: Any  # (variables, uint8 images) -> uint8 class indices, on every process.
+
+    @property
+    def variables_shardings(self) -> dict:
+        return variables(self.state_shardings)
+
+    @property
+    def abstract_variables(self) -> dict:
+        return variables(self.abstract_state)
+
+
+def compile_steps(config, mesh) -> Programs:
+    model = build_model(config)
+    tx, _ = optim.make_optimizer(
+        config.optimizer, config.num_train_steps, config.model.freeze_upsampling
+    )
+    init = make_init_fn(model, tx)
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    rules = sharding.get_rules(config.mesh.param_sharding)
+    state_sh = sharding.tree_shardings(shapes, mesh, rules)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sh
+    )
+    batch_sh = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    return Programs(
+        mesh=mesh,
+        state_shardings=state_sh,
+        abstract_state=abstract,
+        init=jax.jit(init, out_shardings=state_sh),
+        train_step=jax.jit(
+            make_train_step(model, tx, config),
+            in_shardings=(state_sh, batch_sh, repl),
+            out_shardings=(state_sh, repl),
+            donate_argnums=(0,),
+        ),
+        eval_step=jax.jit(
+            make_eval_step(model, config),
+            in_shardings=(variables(state_sh), batch_sh),
+            out_shardings=repl,
+        ),
+        predict_step=jax.jit(
+            make_predict_step(model, config),
+            in_shardings=(variables(state_sh), batch_sh),
+            out_shardings=repl,
+        ),
+    )

@@ -1,0 +1,196 @@
+"""VGG-16 with BatchNorm: torchvision's vgg16_bn and the MindSpore tutorial's network.
+
+The whole state carries the BatchNorm statistics (``batch_stats``): training updates
+them over the global batch, checkpoints and resume keep them, evaluation, prediction
+and init_from run with them.
+"""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from fcn_jax import checkpointing, evaluation, input_pipeline, models, sharding, steps, training
+from tests.test_models import PARAM_COUNTS, abstract_init
+
+# torchvision's documented parameter counts of vgg16 and vgg16_bn (ImageNet classifiers).
+TORCHVISION_VGG16, TORCHVISION_VGG16_BN = 138_357_544, 138_365_992
+# MindSpore 2.10's count for the tutorial's FCN8s(21): trainable parameters, and moving
+# means and variances (tests/data/make_mindspore_fixture.py's network at full width).
+MINDSPORE_FCN8S_TRAINABLE, MINDSPORE_FCN8S_STATISTICS = 134_502_112, 24_832
+
+
+def bn_config(tiny_config, **overrides):
+    """The tiny test config with the tutorial's network (BatchNorm everywhere, no dropout)."""
+    fields = {
+        "model__backbone": "vgg16_bn",
+        "model__fc_batch_norm": True,
+        "model__dropout_rate": 0.0,
+    }
+    return tiny_config(**{**fields, **overrides})
+
+
+def test_parameter_counts_match_torchvision_and_mindspore():
+    plain = abstract_init(models.FCN(variant="fcn8s", geometry="same"))
+    torchvision = abstract_init(models.FCN(variant="fcn8s", geometry="same", backbone="vgg16_bn"))
+    added = models.param_count(torchvision["params"]) - PARAM_COUNTS["fcn8s"]
+    assert added == TORCHVISION_VGG16_BN - TORCHVISION_VGG16  # Scales and offsets.
+    assert models.param_count(torchvision["batch_stats"]) == added  # Means and variances.
+    assert models.param_count(plain["params"]) == PARAM_COUNTS["fcn8s"]
+    tutorial = abstract_init(
+        models.FCN(variant="fcn8s", geometry="same", backbone="vgg16_bn", fc_batch_norm=True)
+    )
+    assert models.param_count(tutorial["params"]) == MINDSPORE_FCN8S_TRAINABLE
+    assert models.param_count(tutorial["batch_stats"]) == MINDSPORE_FCN8S_STATISTICS
+    params = tutorial["params"]
+    assert set(params["conv1_1_bn"]) == {"scale", "bias"} and set(params["conv1_1"]) == {"kernel"}
+    assert set(tutorial["batch_stats"]["fc7_bn"]) == {"mean", "var"}
+    assert "bias" not in params["score_fr"] and "bias" in torchvision["params"]["score_fr"]
+
+
+def train_steps(config, num_devices, num_steps=2):
+    mesh = sharding.make_mesh((num_devices, 1), jax.devices()[:num_devices])
+    programs = steps.compile_steps(config, mesh)
+    state = programs.init(jax.random.key(0))
+    batches = input_pipeline.train_iterator(config)
+    for _ in range(num_steps):
+        batch = sharding.global_batch(next(batches), mesh)
+        state, _ = programs.train_step(state, batch, jax.random.key(1))
+    return jax.device_get(state)
+
+
+@pytest.mark.parametrize("fc_batch_norm", [False, True])
+def test_batch_statistics_are_over_the_global_batch_on_1_or_8_devices(tiny_config, fc_batch_norm):
+    # SGD: Adam would blow the rounding noise of the convolution biases, whose gradient
+    # before a BatchNorm is zero, up to whole steps.
+    config = bn_config(
+        tiny_config,
+        model__fc_batch_norm=fc_batch_norm,
+        optimizer__name="sgd",
+        optimizer__learning_rate=0.05,
+    )
+    one, eight = train_steps(config, 1), train_steps(config, 8)
+    start = jax.device_get(
+        steps.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1])).init(
+            jax.random.key(0)
+        )
+    )
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(a - b).max()), one.batch_stats, start.batch_stats
+    )
+    assert min(jax.tree.leaves(moved)) > 0  # Every statistic was updated.
+    for a, b in ((one.params, eight.params), (one.batch_stats, eight.batch_stats)):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+
+
+def test_frozen_batch_norm_keeps_its_statistics_and_normalises_by_them(tiny_config):
+    config = bn_config(tiny_config, model__freeze_batch_norm=True)
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
+    programs = steps.compile_steps(config, mesh)
+    start = programs.init(jax.random.key(0))
+    stats = {  # Not the initial 0 and 1, and keeping the units alive.
+        layer: {"mean": v["mean"] - 0.3, "var": v["var"] * 2}
+        for layer, v in jax.device_get(start.batch_stats).items()
+    }
+    start = start.replace(batch_stats=sharding.put(stats, programs.state_shardings.batch_stats))
+    initial = jax.tree.map(np.array, start.params)  # Copies: the step donates the state.
+    state, _ = programs.train_step(
+        start,
+        sharding.global_batch(next(input_pipeline.train_iterator(config)), mesh),
+        jax.random.key(1),
+    )
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats), stats)
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), jax.device_get(state.params), initial)
+    assert max(jax.tree.leaves(moved)) > 0  # The parameters did train.
+    model = steps.build_model(config)  # In training, frozen BatchNorm is eval's BatchNorm.
+    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    variables = steps.variables(jax.device_get(state))
+    np.testing.assert_array_equal(
+        model.apply(variables, x, train=True), model.apply(variables, x, train=False)
+    )
+
+
+def saved_state(workdir, step):
+    manager = checkpointing.make_manager(str(workdir), read_only=True)
+    try:
+        args = checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore())
+        return jax.device_get(manager.restore(step, args=args)["state"])
+    finally:
+        manager.close()
+
+
+def test_resume_restores_the_batch_statistics_bitwise(tiny_config, tmp_path):
+    config = bn_config(tiny_config, num_train_steps=4)
+    training.train_and_evaluate(config, str(tmp_path / "a"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")  # Killed after saving step 2.
+    training.train_and_evaluate(config, str(tmp_path / "b"))
+    a, b = saved_state(tmp_path / "a", 4), saved_state(tmp_path / "b", 4)
+    assert set(a["batch_stats"]) == {f"{n}_bn" for n in models.BACKBONE_LAYERS}
+    jax.tree.map(np.testing.assert_array_equal, a["batch_stats"], b["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+
+
+def test_evaluation_and_restore_onto_another_mesh_use_the_statistics(tiny_config, tmp_path):
+    config = bn_config(tiny_config, num_train_steps=2)
+    last = training.train_and_evaluate(config, str(tmp_path))
+    other = bn_config(tiny_config, mesh__shape=(4, 2), mesh__param_sharding="model")
+    result, restored = evaluation.evaluate_checkpoint(
+        other, str(tmp_path), "latest", str(tmp_path / "e.json")
+    )
+    assert result.metrics["mean_iou"] == pytest.approx(last["mean_iou"], rel=1e-6)
+    stats = jax.device_get(restored.variables["batch_stats"])
+    jax.tree.map(np.testing.assert_array_equal, stats, saved_state(tmp_path, 2)["batch_stats"])
+    # With trained-looking score layers, other statistics give other predictions.
+    rng = np.random.default_rng(0)
+    params = jax.device_get(restored.variables["params"])
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        params[name] = jax.tree.map(lambda p: p + rng.normal(size=p.shape), params[name])
+    scored = []
+    for batch_stats in (stats, jax.tree.map(lambda s: s + 0.5, stats)):
+        variables = sharding.put(
+            {"params": params, "batch_stats": batch_stats}, restored.programs.variables_shardings
+        )
+        scored.append(evaluation.evaluate(restored.programs, variables, other).confusion_matrix)
+    assert np.count_nonzero(scored[0].sum(axis=0)) >= 2  # Several classes predicted.
+    assert not np.array_equal(scored[0], scored[1])
+
+
+def test_staged_training_carries_the_statistics(tiny_config, tmp_path):
+    """FCN-16s from a vgg16_bn FCN-32s workdir starts with its BatchNorm statistics."""
+    stage1 = bn_config(tiny_config, model__variant="fcn32s", num_train_steps=2)
+    training.train_and_evaluate(stage1, str(tmp_path / "fcn32s"))
+    stage2 = bn_config(
+        tiny_config,
+        model__variant="fcn16s",
+        model__freeze_batch_norm=True,  # One step that leaves the statistics alone.
+        init_from=str(tmp_path / "fcn32s"),
+        num_train_steps=1,
+        checkpoint_every_steps=1,
+        optimizer__learning_rate=0.0,
+    )
+    training.train_and_evaluate(stage2, str(tmp_path / "fcn16s"))
+    before, after = saved_state(tmp_path / "fcn32s", 2), saved_state(tmp_path / "fcn16s", 1)
+    jax.tree.map(np.testing.assert_array_equal, after["batch_stats"], before["batch_stats"])
+    for name in (*models.BACKBONE_LAYERS, "fc6_bn", "score_fr"):
+        jax.tree.map(np.testing.assert_array_equal, after["params"][name], before["params"][name])
+
+
+def test_a_bn_network_learns_the_synthetic_shapes(tiny_config):
+    config = bn_config(
+        tiny_config, model__base_width=8, model__fc_width=32, batch_size=16, num_train_steps=40
+    )
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
+    programs = steps.compile_steps(config, mesh)
+    state, batches, losses = (
+        programs.init(jax.random.key(0)),
+        input_pipeline.train_iterator(config),
+        [],
+    )
+    for _ in range(40):
+        state, metrics = programs.train_step(
+            state, sharding.global_batch(next(batches), mesh), jax.random.key(1)
+        )
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses

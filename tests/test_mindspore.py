@@ -1,0 +1,136 @@
+"""The MindSpore FCN-8s tutorial's checkpoints, read without MindSpore.
+
+tests/data/mindspore_fcn8s_tiny.* were written by MindSpore 2.10 itself
+(tests/data/make_mindspore_fixture.py): the tutorial's network at narrow widths, its
+checkpoint, and MindSpore's own logits for two inputs.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from mindspore_fixtures import encode
+
+from fcn_jax import convert, evaluation, init_from, mindspore_format, models, sharding, steps
+from tests.conftest import REPO
+
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+CKPT = DATA / "mindspore_fcn8s_tiny.ckpt"
+
+
+def test_logits_equal_mindspores_own():
+    model, variables = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
+    arrays = np.load(DATA / "mindspore_fcn8s_tiny.npz")
+    for name in ("wide", "tall"):
+        x = jnp.asarray(arrays[f"{name}_input"].transpose(0, 2, 3, 1))
+        expected = arrays[f"{name}_logits"].transpose(0, 2, 3, 1)
+        out = np.asarray(model.apply(variables, x, train=False))
+        atol = 1e-4 * np.abs(expected).max()
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=atol, err_msg=name)
+
+
+def test_the_test_writer_writes_what_mindspore_writes():
+    """The checkpoints the other tests write hold exactly MindSpore's bytes."""
+    tensors = mindspore_format.read(CKPT)
+    assert len(tensors) == 81 and tensors["upscore8.weight"].shape == (3, 3, 16, 16)
+    assert encode(tensors) == CKPT.read_bytes()
+
+
+def tiny_mindspore_config(tiny_config, **overrides):
+    """The fixture's network as a config: the tutorial's, at the fixture's widths."""
+    fields = {
+        "model__backbone": "vgg16_bn",
+        "model__fc_batch_norm": True,
+        "model__dropout_rate": 0.0,
+        "model__base_width": 2,
+        "model__fc_width": 8,
+        "model__num_classes": 3,
+        "dataset__normalization": "",
+    }
+    return tiny_config(**{**fields, **overrides})
+
+
+def convert_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "fcn_jax.convert", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_cli_writes_weights_that_eval_runs_and_training_starts_from(tiny_config, tmp_path):
+    result = convert_cli(
+        "--layout=mindspore", "--num_classes=3", f"--input={CKPT}", f"--output={tmp_path / 'w'}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, expected = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
+    weights, meta = convert.load_weights(str(tmp_path / "w"))
+    assert (meta["normalization"], meta["backbone"], meta["fc_batch_norm"]) == (
+        "mindspore",
+        "vgg16_bn",
+        True,
+    )
+    assert (meta["geometry"], meta["at_once"], meta["variant"]) == ("same", False, "fcn8s")
+    jax.tree.map(np.testing.assert_array_equal, weights, expected)
+
+    config = tiny_mindspore_config(tiny_config, init_from=str(tmp_path / "w"))
+    restored = evaluation.restore(config, str(tmp_path / "run"))
+    assert config.dataset.normalization == "mindspore"  # What the weights expect.
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.variables), expected)
+
+    # The backbone alone, with its BatchNorm statistics, into a 4-class model.
+    config = tiny_mindspore_config(
+        tiny_config,
+        init_from=str(tmp_path / "w"),
+        init_layers=models.BACKBONE_LAYERS,
+        model__num_classes=4,
+    )
+    programs = steps.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1]))
+    state = init_from.initialise(programs.init(jax.random.key(0)), programs, config)
+    for name in models.BACKBONE_LAYERS:
+        norm = models.batch_norm_name(name)
+        for collection, layer in (("params", name), ("params", norm), ("batch_stats", norm)):
+            got = jax.device_get(getattr(state, collection)[layer])
+            jax.tree.map(np.testing.assert_array_equal, got, expected[collection][layer])
+    assert not np.any(jax.device_get(state.params["score_fr"]["kernel"]))  # Starts at zero.
+
+
+def test_cli_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.ckpt").write_text("not weights\n")
+    result = convert_cli(
+        "--layout=mindspore", f"--input={tmp_path / 'notes.ckpt'}", f"--output={tmp_path / 'w'}"
+    )
+    assert result.returncode != 0
+    assert "notes.ckpt is not a MindSpore checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_weights_of_another_backbone_are_refused_naming_the_field(tiny_config, tmp_path):
+    """MindSpore tutorial weights (BatchNorm everywhere) never start a plain VGG-16 FCN."""
+    _, variables = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
+    convert.save_weights(
+        str(tmp_path / "w"),
+        variables,
+        variant="fcn8s",
+        num_classes=3,
+        normalization="mindspore",
+        geometry="same",
+        at_once=False,
+    )
+    config = tiny_mindspore_config(
+        tiny_config, init_from=str(tmp_path / "w"), model__fc_batch_norm=False
+    )
+    with pytest.raises(
+        convert.ConversionError,
+        match=r"model.fc_batch_norm=True.*config has model.fc_batch_norm=False",
+    ):
+        evaluation.restore(config, str(tmp_path / "run"))
+    config.model.backbone, config.model.fc_batch_norm = "vgg16", False
+    with pytest.raises(convert.ConversionError, match=r"model.backbone='vgg16_bn'"):
+        evaluation.restore(config, str(tmp_path / "run"))
