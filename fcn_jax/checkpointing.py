@@ -31,6 +31,12 @@ MODEL_FIELDS = (
 )
 
 
+# Model fields added since checkpoints were first written, as those checkpoints meant them.
+_EARLIER_MODEL_DEFAULTS = {"backbone": "vgg16", "fc_batch_norm": False}
+# Checkpoints whose config has this field hold batch_stats in their train state.
+_MODEL_FIELD_OF_BATCH_STATS = "backbone"
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint belongs to another model than the config describes."""
 
@@ -96,7 +102,7 @@ def saved_config(manager, step: int) -> dict:
 
 def check_compatible(manager, step: int, config) -> None:
     """Raises if the checkpoint at ``step`` holds another model than ``config``."""
-    saved = saved_config(manager, step)["model"]
+    saved = {**_EARLIER_MODEL_DEFAULTS, **saved_config(manager, step)["model"]}
     diffs = [
         f"model.{k}: checkpoint has {saved.get(k)!r}, config has {config.model[k]!r}"
         for k in MODEL_FIELDS
@@ -128,9 +134,17 @@ def resolve_step(manager, which: str) -> int:
 
 
 def restore_state(manager, step: int, abstract_state):
-    """Restores the whole train state onto the shardings in ``abstract_state``."""
-    args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
-    return manager.restore(step, args=args)[STATE]
+    """Restores the whole train state onto the shardings in ``abstract_state``.
+
+    Checkpoints written before the train state held ``batch_stats`` (all of them
+    without BatchNorm) restore as a state with none.
+    """
+    if _MODEL_FIELD_OF_BATCH_STATS in saved_config(manager, step)["model"]:
+        args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
+        return manager.restore(step, args=args)[STATE]
+    fields = {k: v for k, v in vars(abstract_state).items() if k != "batch_stats"}
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(fields)})
+    return type(abstract_state)(batch_stats={}, **manager.restore(step, args=args)[STATE])
 
 
 def restore_variables(manager, step: int, abstract_variables: dict) -> dict:

@@ -231,3 +231,25 @@ def test_the_caffe_recipe_runs_its_batch_of_one_on_a_host_of_8_devices(tiny_conf
     config = tiny_config(batch_size=caffe.batch_size, mesh__shape=caffe.mesh.shape)
     config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 1
     assert train(config, tmp_path)["mean_iou"] >= 0
+
+
+def test_checkpoints_from_before_batch_norm_evaluate_and_resume(tiny_config, tmp_path):
+    """Checkpoints written before the train state held batch_stats (and the config a
+    backbone) still evaluate and resume."""
+    import ml_collections
+
+    config = tiny_config(num_train_steps=4)
+    programs = steps.compile_steps(config, mesh_of((1, 1), 1))
+    state = jax.device_get(programs.init(jax.random.key(0)))
+    earlier = config.to_dict()
+    for field in ("backbone", "fc_batch_norm", "freeze_batch_norm"):
+        del earlier["model"][field]
+    manager = checkpointing.make_manager(str(tmp_path))
+    old_state = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    checkpointing.save(manager, 2, old_state, ml_collections.ConfigDict(earlier), {"mean_iou": 0.1})
+    manager.wait_until_finished()
+    manager.close()
+    result, restored = evaluation.evaluate_checkpoint(config, str(tmp_path), "latest")
+    assert restored.step == 2 and restored.variables["batch_stats"] == {}
+    train(config, tmp_path)  # Resumes at step 2.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
