@@ -92,8 +92,11 @@ def test_normalization_modes():
     torch = normalization.normalize(pixel, "torch")
     expected = (np.array([10, 20, 30]) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(torch[0, 0], expected, rtol=1e-5)
+    mindspore = normalization.normalize(pixel, "mindspore")  # BGR, the tutorial's constants.
+    expected = (np.array([30, 20, 10]) - [103.53, 116.28, 123.675]) / [57.375, 57.12, 58.395]
+    np.testing.assert_allclose(mindspore[0, 0], expected, rtol=1e-5)
     # Padding with the mean colour normalises to 0, up to uint8 rounding (half a level).
-    for mode, half_level in (("caffe", 0.5), ("torch", 0.5 / 255 / 0.224)):
+    for mode, half_level in (("caffe", 0.5), ("torch", 0.5 / 255 / 0.224), ("mindspore", 0.5 / 57)):
         mean = jnp.asarray([[normalization.mean_rgb_uint8(mode)]], jnp.uint8)
         assert float(jnp.abs(normalization.normalize(mean, mode)).max()) <= half_level + 1e-6
     with pytest.raises(ValueError, match="'bgr'"):

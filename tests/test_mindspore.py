@@ -134,3 +134,37 @@ def test_weights_of_another_backbone_are_refused_naming_the_field(tiny_config, t
     config.model.backbone, config.model.fc_batch_norm = "vgg16", False
     with pytest.raises(convert.ConversionError, match=r"model.backbone='vgg16_bn'"):
         evaluation.restore(config, str(tmp_path / "run"))
+
+
+def test_predict_segments_photos_with_the_tutorials_network(tiny_config, tmp_path):
+    from PIL import Image
+
+    from fcn_jax import normalization, prediction
+
+    model, variables = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
+    convert.save_weights(
+        str(tmp_path / "w"),
+        variables,
+        variant="fcn8s",
+        num_classes=3,
+        normalization="mindspore",
+        geometry="same",
+        at_once=False,
+    )
+    photo = np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    config = tiny_mindspore_config(
+        tiny_config,
+        init_from=str(tmp_path / "w"),
+        dataset__eval_pad_size=(64, 96),
+        dataset__name="folder",  # Names its classes: a, b, c.
+        dataset__class_names=("a", "b", "c"),
+    )
+    summary = prediction.predict(
+        config, None, "best", [str(tmp_path / "photo.png")], str(tmp_path / "out")
+    )
+    assert summary.failed == []
+    logits = model.apply(variables, normalization.normalize(photo[None], "mindspore"), train=False)
+    want = np.asarray(jnp.argmax(logits[0], -1), np.uint8)
+    assert len(np.unique(want)) > 1
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "photo.png")), want)
