@@ -54,6 +54,17 @@ def tiny_mindspore_config(tiny_config, **overrides):
     return tiny_config(**{**fields, **overrides})
 
 
+def save_fixture_weights(path):
+    """The fixture as converted weights for init_from, as --layout=mindspore writes them;
+    returns (model, variables)."""
+    model, variables = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
+    head = {"geometry": "same", "at_once": False}
+    convert.save_weights(
+        str(path), variables, variant="fcn8s", num_classes=3, normalization="mindspore", **head
+    )
+    return model, variables
+
+
 def convert_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "fcn_jax.convert", *map(str, args)],
@@ -113,16 +124,7 @@ def test_cli_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
 
 def test_weights_of_another_backbone_are_refused_naming_the_field(tiny_config, tmp_path):
     """MindSpore tutorial weights (BatchNorm everywhere) never start a plain VGG-16 FCN."""
-    _, variables = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
-    convert.save_weights(
-        str(tmp_path / "w"),
-        variables,
-        variant="fcn8s",
-        num_classes=3,
-        normalization="mindspore",
-        geometry="same",
-        at_once=False,
-    )
+    save_fixture_weights(tmp_path / "w")
     config = tiny_mindspore_config(
         tiny_config, init_from=str(tmp_path / "w"), model__fc_batch_norm=False
     )
@@ -141,16 +143,7 @@ def test_predict_segments_photos_with_the_tutorials_network(tiny_config, tmp_pat
 
     from fcn_jax import normalization, prediction
 
-    model, variables = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
-    convert.save_weights(
-        str(tmp_path / "w"),
-        variables,
-        variant="fcn8s",
-        num_classes=3,
-        normalization="mindspore",
-        geometry="same",
-        at_once=False,
-    )
+    model, variables = save_fixture_weights(tmp_path / "w")
     photo = np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
     config = tiny_mindspore_config(
