@@ -45,13 +45,7 @@ BACKBONE_LAYERS = tuple(n for names, _ in VGG16_STAGES for n in names) + ("fc6",
 # BatchNorm statistics are kept with the momentum and epsilon of torchvision and MindSpore
 # (running = 0.9 * running + 0.1 * batch).
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
-
-
-def batch_norm_name(layer: str) -> str:
-    """The BatchNorm that follows ``layer`` (``conv1_1_bn``: parameters and statistics)."""
-    return f"{layer}_bn"
-
-
+# The FCN head's layers.
 SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3")
 # Transposed convolutions and their upsampling factors (kernel 2f, stride f).
 UPSAMPLE_FACTORS = {
@@ -72,6 +66,12 @@ CAFFE_CROPS = {
 }
 # The "at-once" FCN-8s scales the pool features before scoring them.
 AT_ONCE_SCALES = {"pool4": 0.01, "pool3": 0.0001}
+
+
+def batch_norm_name(layer: str) -> str:
+    """The BatchNorm that follows ``layer`` (``conv1_1_bn``: parameters and statistics)."""
+    return f"{layer}_bn"
+
 
 _he_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
