@@ -350,8 +350,11 @@ _MINDSPORE_TRAINING_STATE = (
 
 
 def _read_mindspore(source) -> dict[str, np.ndarray]:
+    """{name: float32 array} of the network in a ``.ckpt`` path (or such a dict already read)."""
     from fcn_jax import mindspore_format
 
+    if isinstance(source, dict):
+        return source
     try:
         tensors = mindspore_format.read(source)
     except OSError as e:
@@ -413,7 +416,8 @@ def mindspore_model(variables, num_classes: int = 21) -> models.FCN:
 
 
 def from_mindspore_checkpoint(path, num_classes: int = 21):
-    """(model, variables) of the MindSpore FCN-8s tutorial's network from its ``.ckpt``.
+    """(model, variables) of the MindSpore FCN-8s tutorial's network from its ``.ckpt``
+    (a path, or the {name: array} dict of one).
 
     ``model.apply(variables, images_nhwc, train=False)`` gives the tutorial network's
     logits for inputs normalised as it does (``normalization.normalize(x,
@@ -599,14 +603,15 @@ def main(argv):
         raise ConversionError(f"unexpected arguments {argv[1:]}")
     layout, variant, num_classes = flags_.layout, flags_.variant, flags_.num_classes
     head = {"geometry": None, "at_once": None}
+    source = _read_mindspore(flags_.input) if layout == "mindspore" else flags_.input
     if layout == "fcn":  # The published FCNs are caffe-geometry nets.
         params = from_torch_state_dict(flags_.input, variant, num_classes, flags_.at_once)
         variables, head = {"params": params}, {"geometry": "caffe", "at_once": flags_.at_once}
-    elif layout == "mindspore" and "score_fr.weight" in _read_mindspore(flags_.input):
-        _, variables = from_mindspore_checkpoint(flags_.input, num_classes)
+    elif layout == "mindspore" and "score_fr.weight" in source:  # A whole FCN-8s.
+        _, variables = from_mindspore_checkpoint(source, num_classes)
         variant, head = "fcn8s", {"geometry": "same", "at_once": False}
     else:
-        backbone = read_backbone(flags_.input, layout)
+        backbone = read_backbone(source, layout)
         model = backbone_model(backbone)
         zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_variables(model))
         merge_into(zeros, backbone, source=f"the {layout} VGG-16")  # Checks every shape.

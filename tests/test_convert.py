@@ -372,3 +372,39 @@ def test_mindspore_checkpoint_errors_name_what_is_wrong(tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ConversionError, match=r"cut.ckpt is not a MindSpore checkpoint"):
         convert.from_mindspore_checkpoint(tmp_path / "cut.ckpt")
+
+
+def test_cli_converts_a_torchvision_vgg16_bn_backbone(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    net = ref.reference_net("fcn8s", batch_norm=True, base_width=B, fc_width=F, seed=10)
+    torch.save(ref.to_torchvision(net), tmp_path / "vgg16_bn.pth")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fcn_jax.convert",
+            "--layout=torchvision",
+            f"--input={tmp_path / 'vgg16_bn.pth'}",
+            f"--output={tmp_path / 'w'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    variables, meta = convert.load_weights(str(tmp_path / "w"))
+    assert (meta["normalization"], meta["backbone"], meta["fc_batch_norm"]) == (
+        "torch",
+        "vgg16_bn",
+        False,
+    )
+    assert meta["geometry"] is None and sorted(variables["batch_stats"]) == sorted(
+        f"{n}_bn" for n in ref.CONV_NAMES
+    )
+    np.testing.assert_array_equal(
+        variables["batch_stats"]["conv2_1_bn"]["var"], net.conv2_1_bn.running_var.numpy()
+    )
