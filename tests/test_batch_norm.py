@@ -11,7 +11,16 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import checkpointing, evaluation, input_pipeline, models, sharding, steps, training
+from fcn_jax import (
+    checkpointing,
+    evaluation,
+    init_from,
+    input_pipeline,
+    models,
+    sharding,
+    steps,
+    training,
+)
 from tests.test_models import PARAM_COUNTS, abstract_init
 
 # torchvision's documented parameter counts of vgg16 and vgg16_bn (ImageNet classifiers).
@@ -159,22 +168,28 @@ def test_evaluation_and_restore_onto_another_mesh_use_the_statistics(tiny_config
 
 def test_staged_training_carries_the_statistics(tiny_config, tmp_path):
     """FCN-16s from a vgg16_bn FCN-32s workdir starts with its BatchNorm statistics."""
-    stage1 = bn_config(tiny_config, model__variant="fcn32s", num_train_steps=2)
-    training.train_and_evaluate(stage1, str(tmp_path / "fcn32s"))
-    stage2 = bn_config(
-        tiny_config,
-        model__variant="fcn16s",
-        model__freeze_batch_norm=True,  # One step that leaves the statistics alone.
-        init_from=str(tmp_path / "fcn32s"),
-        num_train_steps=1,
-        checkpoint_every_steps=1,
-        optimizer__learning_rate=0.0,
+    stage1 = bn_config(tiny_config, model__variant="fcn32s")
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
+    state = jax.device_get(steps.compile_steps(stage1, mesh).init(jax.random.key(0)))
+    rng = np.random.default_rng(0)  # A trained-looking FCN-32s: no initial values left.
+    state = state.replace(
+        params=jax.tree.map(lambda p: p + rng.normal(size=p.shape).astype(p.dtype), state.params),
+        batch_stats=jax.tree.map(
+            lambda s: s + rng.uniform(0.1, 1, s.shape).astype(s.dtype), state.batch_stats
+        ),
     )
-    training.train_and_evaluate(stage2, str(tmp_path / "fcn16s"))
-    before, after = saved_state(tmp_path / "fcn32s", 2), saved_state(tmp_path / "fcn16s", 1)
-    jax.tree.map(np.testing.assert_array_equal, after["batch_stats"], before["batch_stats"])
-    for name in (*models.BACKBONE_LAYERS, "fc6_bn", "score_fr"):
-        jax.tree.map(np.testing.assert_array_equal, after["params"][name], before["params"][name])
+    manager = checkpointing.make_manager(str(tmp_path / "fcn32s"))
+    checkpointing.save(manager, 2, state, stage1, {"mean_iou": 0.5})
+    manager.wait_until_finished()
+    manager.close()
+    stage2 = bn_config(tiny_config, model__variant="fcn16s", init_from=str(tmp_path / "fcn32s"))
+    programs = steps.compile_steps(stage2, mesh)
+    started = init_from.initialise(programs.init(jax.random.key(1)), programs, stage2)
+    started = jax.device_get(started)
+    jax.tree.map(np.testing.assert_array_equal, started.batch_stats, state.batch_stats)
+    for name in (*models.BACKBONE_LAYERS, "fc6_bn", "conv3_2_bn", "score_fr"):
+        jax.tree.map(np.testing.assert_array_equal, started.params[name], state.params[name])
+    assert not np.any(started.params["score_pool4"]["kernel"])  # New in FCN-16s.
 
 
 def test_a_bn_network_learns_the_synthetic_shapes(tiny_config):
