@@ -5,7 +5,7 @@
 
 Times the real jitted ``predict_step`` of fcn_jax.steps (the eval step minus
 the confusion matrix) on a padded eval canvas for: one view, flip, and flip with
-the six scales 0.5 ... 1.75. FLOPs are XLA's cost analysis of the single view,
+the six scales 0.5 ... 1.75. FLOPs are XLA's cost analysis of the single view's HLO,
 times the settings' total view area (the analysis counts a ``lax.map`` body once);
 the peak is the matmul peak of bench/peak.py. One JSON line per setting.
 """
@@ -22,7 +22,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.peak import matmul_peak  # noqa: E402
+from bench import peak as peak_lib  # noqa: E402
 from configs import default  # noqa: E402
 from fcn_jax import sharding, steps  # noqa: E402
 
@@ -56,13 +56,13 @@ def bench_setting(name: str, peak: float, single_view_flops: float | None) -> di
     )
     batch = sharding.global_batch({"image": images}, mesh)["image"]
     t = time.perf_counter()
-    compiled = programs.predict_step.lower(variables, batch).compile()
+    lowered = programs.predict_step.lower(variables, batch)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t
-    cost = compiled.cost_analysis()
     setting = SETTINGS[name]
     views_area = (2 if setting["flip"] else 1) * sum(s * s for s in setting["scales"])
     if single_view_flops is None:  # Only the single view's FLOPs are counted right.
-        single_view_flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
+        single_view_flops = peak_lib.flops(lowered)
     flops = single_view_flops * views_area
     jax.block_until_ready(compiled(variables, batch))  # Warm-up.
     times = []
@@ -89,7 +89,7 @@ def bench_setting(name: str, peak: float, single_view_flops: float | None) -> di
 
 def main(argv):
     del argv
-    peak = matmul_peak(jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32)
+    peak = peak_lib.matmul_peak(jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32)
     single = bench_setting("single view", peak, None)
     print(json.dumps(single), flush=True)
     single_view_flops = single["gflop_per_image"] * 1e9 * FLAGS.batch

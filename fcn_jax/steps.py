@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcn_jax import inference, input_pipeline, losses, metrics, models, optim, sharding
+from fcn_jax import inference, losses, metrics, models, optim, sharding
 from fcn_jax.normalization import normalize
+from fcn_jax.visualize import VOID  # Not via input_pipeline: the steps need no TensorFlow.
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -99,7 +100,7 @@ def make_train_step(model: models.FCN, tx, config):
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        correct = (jnp.argmax(logits, -1) == labels) & (labels != input_pipeline.VOID)
+        correct = (jnp.argmax(logits, -1) == labels) & (labels != VOID)
         step_metrics = {
             "loss": loss,
             "pixel_accuracy": jnp.sum(correct) / jnp.maximum(num_valid, 1.0),
