@@ -3,7 +3,6 @@
 import time
 
 import jax
-import jax.numpy as jnp
 
 
 def matmul_peak(dtype, n=None, repeats=5) -> float:
