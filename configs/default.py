@@ -102,6 +102,9 @@ def get_config():
     config.log_every_steps = 50
     config.eval_every_steps = 2_000
     config.checkpoint_every_steps = 2_000
+    # Also save once this many minutes have passed since the last checkpoint (0 = off):
+    # bounds the work a crash can cost on slow hardware. SIGTERM/Ctrl-C always save.
+    config.checkpoint_every_minutes = 0.0
     config.eval_summary_images = 3  # Eval images (input | truth | prediction) in TensorBoard.
     config.keep_checkpoints = 2  # Latest N kept, plus the best by eval mean IoU.
     # When the workdir has no checkpoint yet, start from init_from: converted weights
@@ -110,6 +113,10 @@ def get_config():
     # () takes every layer that both have (FCN-16s from FCN-32s: backbone and score_fr).
     config.init_from = ""
     config.init_layers = ()
+    # On resume, when config.optimizer no longer fits the checkpoint's optimizer state
+    # (grad_clip_norm added, another optimizer, ...): keep its parameters and step and
+    # start a new optimizer state, the learning-rate schedule continuing at that step.
+    config.reset_optimizer = False
 
     config.lock()
     return config

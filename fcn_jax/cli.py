@@ -66,6 +66,22 @@ class _QuietOrbax(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+# When a checkpoint read fails, orbax closes its event loop while tensorstore still
+# completes the other reads: each reports 'Event loop is closed' or an unretrieved
+# future's error. The failure itself is reported once; these are debug noise.
+def _quiet_unraisable(unraisable) -> None:
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+        logging.debug("Abandoned checkpoint read: %s", error)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+class _QuietAbandonedReads(std_logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith("Future exception was never retrieved")
+
+
 def setup(argv) -> None:
     """Keeps TensorFlow (tf.data only) off the accelerators; starts multi-host JAX."""
     if len(argv) > 1:
@@ -73,6 +89,8 @@ def setup(argv) -> None:
     import tensorflow as tf
 
     logging.get_absl_handler().addFilter(_QuietOrbax())
+    sys.unraisablehook = _quiet_unraisable
+    std_logging.getLogger("asyncio").addFilter(_QuietAbandonedReads())
 
     tf.config.set_visible_devices([], "GPU")
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -97,14 +115,24 @@ def parse_flags(argv):
 
 @contextlib.contextmanager
 def clear_errors():
-    """Bad input ends the program with its message, not a traceback (kept at debug level)."""
+    """Every way a run ends, as one line and an exit status, never a traceback: bad input,
+    a damaged checkpoint, divergence, the accelerator's errors (out of memory) exit 1
+    with ``error: ...`` (the stack goes to debug logging); a preempted run exits with
+    128 + the signal, having logged where it saved."""
     import tensorflow as tf
+
+    from fcn_jax import preemption
 
     try:
         yield
+    except preemption.Preempted as e:
+        sys.exit(e.exit_code)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         logging.debug("%s", traceback.format_exc())
         sys.exit(f"error: {e}")
     except tf.errors.OpError as e:  # Bad data met inside tf.data (e.g. a label file).
         logging.debug("%s", traceback.format_exc())
         sys.exit(f"error: {e.message}")
+    except jax.errors.JaxRuntimeError as e:  # Out of memory, a device fault.
+        logging.debug("%s", traceback.format_exc())
+        sys.exit(f"error: {str(e).splitlines()[0]}")

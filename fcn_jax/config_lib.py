@@ -50,6 +50,11 @@ def validate_config(config) -> None:
         value = _get(config, field)
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"config field {field}={value!r} must be a positive integer")
+    if not config.checkpoint_every_minutes >= 0:
+        raise ValueError(
+            f"config field checkpoint_every_minutes={config.checkpoint_every_minutes!r} must "
+            "be >= 0 (0: by steps only)"
+        )
     if config.model.at_once and config.model.variant != "fcn8s":
         raise ValueError(
             f"config field model.at_once=True applies to fcn8s, not {config.model.variant!r}"

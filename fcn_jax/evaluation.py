@@ -180,12 +180,18 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
     if not workdir:
         raise ValueError("give --workdir (a trained run) or --config.init_from (converted weights)")
     manager = checkpointing.make_manager(workdir, read_only=True)
-    try:
-        step = checkpointing.resolve_step(manager, which)
+    programs = None
+
+    def restore_at(step: int) -> dict:
+        nonlocal programs
         checkpointing.check_compatible(manager, step, config)
         init_from.resolve_normalization(config, manager, step)
-        programs = steps.compile_steps(config, mesh)
-        variables = checkpointing.restore_variables(manager, step, programs.abstract_variables)
+        programs = programs or steps.compile_steps(config, mesh)
+        return checkpointing.restore_variables(manager, step, programs.abstract_variables)
+
+    try:
+        step = checkpointing.resolve_step(manager, which)
+        variables = checkpointing.restore_named(manager, step, restore_at)
     finally:
         manager.close()
     return Restored(programs, variables, step, f"checkpoint {step} of {workdir}", str(step))

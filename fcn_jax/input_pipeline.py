@@ -216,6 +216,17 @@ def _void(height: int, width: int) -> tf.data.Dataset:
     ).repeat()
 
 
+def check_eval_split(config) -> None:
+    """Raises now, naming the field, if the eval split or batch cannot be read, so that
+    training does not find out at its first evaluation."""
+    _check_dataset(config)
+    _process_share(config.dataset.eval_batch_size, "dataset.eval_batch_size")
+    if config.dataset.name == "synthetic":
+        _synthetic_eval_size(config)
+    else:
+        _split(config, config.dataset.eval_split)
+
+
 def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
     """(this process's batches of the eval split, number of batches).
 
@@ -293,13 +304,18 @@ def _agree_on_buckets(counts: dict) -> list[tuple[tuple[int, int], int]]:
     return sorted(most.items())
 
 
-def _synthetic_eval(config, local):
+def _synthetic_eval_size(config) -> int:
     total = synthetic.SPLITS.get(config.dataset.eval_split)
-    if total is None:
+    if not total:
         finite = [name for name, size in synthetic.SPLITS.items() if size]
         raise ValueError(
             f"dataset.eval_split={config.dataset.eval_split!r}: synthetic eval splits are {finite}"
         )
+    return total
+
+
+def _synthetic_eval(config, local):
+    total = _synthetic_eval_size(config)
     count, index = jax.process_count(), jax.process_index()
     start, stop = total * index // count, total * (index + 1) // count
     largest_share = -(-total // count)

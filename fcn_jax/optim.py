@@ -8,6 +8,7 @@ be frozen at their bilinear initialisation, as in the paper.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from fcn_jax import models
@@ -81,3 +82,19 @@ def make_optimizer(opt, num_train_steps: int, freeze_upsampling: bool):
     if freeze_upsampling:
         parts.append(optax.masked(optax.set_to_zero(), lambda p: _mask(p, is_upsampling)))
     return optax.chain(*parts), schedule
+
+
+def init_at(tx, params, step):
+    """A new state of ``tx`` whose learning-rate schedule stands at ``step``.
+
+    For changing the optimizer mid-run (config.reset_optimizer): moments start
+    afresh, but the schedule continues where the run was rather than restarting.
+    """
+
+    def at_step(s):
+        if isinstance(s, optax.ScaleByScheduleState):
+            return s._replace(count=jnp.asarray(step, s.count.dtype))
+        return s
+
+    is_schedule = lambda s: isinstance(s, optax.ScaleByScheduleState)  # noqa: E731
+    return jax.tree.map(at_step, tx.init(params), is_leaf=is_schedule)

@@ -105,6 +105,8 @@ def make_train_step(model: models.FCN, tx, config):
             "loss": loss,
             "pixel_accuracy": jnp.sum(correct) / jnp.maximum(num_valid, 1.0),
             "grad_norm": optax.global_norm(grads),
+            # Of the updated parameters: the ones a checkpoint of this step would hold.
+            "param_norm": optax.global_norm(params),
         }
         return TrainState(state.step + 1, params, batch_stats, opt_state), step_metrics
 
@@ -156,6 +158,7 @@ class Programs:
     state_shardings: Any
     abstract_state: Any  # ShapeDtypeStructs with shardings: a restore target.
     init: Any
+    init_optimizer: Any  # (params, step) -> a new optimizer state, its schedule at step.
     train_step: Any
     eval_step: Any  # (variables, batch) -> confusion matrix.
     predict_step: Any  # (variables, uint8 images) -> uint8 class indices, on every process.
@@ -188,6 +191,10 @@ def compile_steps(config, mesh) -> Programs:
         state_shardings=state_sh,
         abstract_state=abstract,
         init=jax.jit(init, out_shardings=state_sh),
+        init_optimizer=jax.jit(
+            lambda params, step: optim.init_at(tx, params, step),
+            out_shardings=state_sh.opt_state,
+        ),
         train_step=jax.jit(
             make_train_step(model, tx, config),
             in_shardings=(state_sh, batch_sh, repl),

@@ -19,6 +19,7 @@ from fcn_jax import (
     init_from,
     input_pipeline,
     models,
+    preemption,
     sharding,
     steps,
     visualize,
@@ -49,23 +50,31 @@ class _Progress:
 
 
 def _check_finite(step: int, step_metrics, manager) -> None:
-    loss = float(jax.device_get(step_metrics["loss"]))
-    if not np.isfinite(loss):
-        manager.wait_until_finished()
-        last = manager.latest_step()
-        kept = f"the last good checkpoint is step {last}" if last else "no checkpoint was written"
-        raise TrainingDivergedError(
-            f"loss became {loss} at step {step}; training stopped and {kept} "
-            f"(in {manager.directory}). Lower optimizer.learning_rate, add "
-            "optimizer.grad_clip_norm or warmup, and resume."
-        )
+    """Raises if the step's loss, or the parameters it produced, are not finite."""
+    values = jax.device_get({k: step_metrics[k] for k in ("loss", "param_norm")})
+    if all(np.isfinite(v) for v in values.values()):
+        return
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    what = (
+        f"loss became {values['loss']} at step {step}"
+        if not np.isfinite(values["loss"])
+        else f"step {step} made the parameters {values['param_norm']}"
+    )
+    kept = f"the last good checkpoint is step {last}" if last else "no checkpoint was written"
+    raise TrainingDivergedError(
+        f"{what}; training stopped and {kept} (in {manager.directory}). Lower "
+        "optimizer.learning_rate, or set optimizer.grad_clip_norm and add "
+        "--config.reset_optimizer=true, then run the same command to resume."
+    )
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (resuming from the latest checkpoint in workdir); returns the last eval metrics."""
+    """Trains (resuming from the latest checkpoint in workdir); returns the last eval metrics.
+
+    On SIGTERM/SIGINT it saves the step it reached and raises preemption.Preempted.
+    """
     validate_config(config)
-    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-    init_from.resolve_normalization(config, manager, manager.latest_step())
     mesh = sharding.make_mesh(config.mesh.shape)
     sharding.check_batch_sizes(
         mesh,
@@ -74,71 +83,125 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "dataset.eval_batch_size": config.dataset.eval_batch_size,
         },
     )
-    programs = steps.compile_steps(config, mesh)
+    input_pipeline.check_eval_split(config)  # Before hours of training, not after.
+    manager = checkpointing.make_manager(
+        workdir,
+        config.keep_checkpoints,
+        every_steps=config.checkpoint_every_steps,
+        every_minutes=config.checkpoint_every_minutes,
+    )
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
-    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    eval_metrics: dict = {}
     try:
-        start = manager.latest_step()
-        if start is None:
-            state, start = programs.init(init_rng), 0
-            if config.init_from:
-                state = init_from.initialise(state, programs, config)
-            writer.write_hparams(_flat_hparams(config))
-        else:
-            checkpointing.check_compatible(manager, start, config)
-            state = checkpointing.restore_state(manager, start, programs.abstract_state)
-            logging.info("Resumed from checkpoint %d in %s", start, manager.directory)
-        logging.info(
-            "Training %s (%s geometry, %d parameters) on mesh %s, global batch %d",
-            config.model.variant,
-            config.model.geometry,
-            models.param_count(state.params),
-            dict(mesh.shape),
-            config.batch_size,
-        )
-        batches = input_pipeline.train_iterator(config, start_step=start)
-        progress = _Progress(start, config.num_train_steps, config.batch_size)
-        history, previous = [], None
-        for step in range(start + 1, config.num_train_steps + 1):
-            local = next(batches)
-            input_pipeline.check_labels(local["label"], config.model.num_classes)
-            state, step_metrics = programs.train_step(
-                state, sharding.global_batch(local, mesh), dropout_rng
-            )
-            if previous is not None:  # Check the step before, so the device keeps busy.
-                _check_finite(step - 1, previous, manager)
-            previous = step_metrics
-            history.append(step_metrics)
-            is_last = step == config.num_train_steps
-            if step % config.log_every_steps == 0 or is_last:
-                summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(history)).items()}
-                summary.update(progress(step))
-                writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-                history = []
-            evaluated = None
-            if step % config.eval_every_steps == 0 or is_last:
-                result = evaluation.evaluate(
-                    programs,
-                    steps.variables(state),
-                    config,
-                    num_examples=config.eval_summary_images,
-                )
-                eval_metrics = result.metrics
-                evaluated = evaluation.scalar_metrics(eval_metrics)
-                _write_eval_summaries(writer, step, result, config)
-            if step % config.checkpoint_every_steps == 0 or is_last:
-                _check_finite(step, step_metrics, manager)  # Never save a diverged state.
-                checkpointing.save(manager, step, state, config, evaluated)
-        if previous is not None:
-            _check_finite(config.num_train_steps, previous, manager)
-        return eval_metrics
+        with preemption.Listener() as listener:
+            return _train(config, manager, mesh, writer, listener)
     finally:
         manager.wait_until_finished()
         manager.close()
         writer.close()
+
+
+def _train(config, manager, mesh, writer, listener) -> dict:
+    programs = None
+
+    def compiled() -> steps.Programs:  # Once the normalisation is known.
+        nonlocal programs
+        programs = programs or steps.compile_steps(config, mesh)
+        return programs
+
+    start, state = checkpointing.restore_newest(
+        manager, lambda step: _resume(manager, step, config, compiled)
+    )
+    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    if start is None:
+        init_from.resolve_normalization(config, None, None)
+        state, start = compiled().init(init_rng), 0
+        if config.init_from:
+            state = init_from.initialise(state, programs, config)
+        writer.write_hparams(_flat_hparams(config))
+    else:
+        logging.info("Resumed from checkpoint %d in %s", start, manager.directory)
+    logging.info(
+        "Training %s (%s geometry, %d parameters) on mesh %s, global batch %d",
+        config.model.variant,
+        config.model.geometry,
+        models.param_count(state.params),
+        dict(mesh.shape),
+        config.batch_size,
+    )
+    batches = input_pipeline.train_iterator(config, start_step=start)
+    progress = _Progress(start, config.num_train_steps, config.batch_size)
+    history, previous, eval_metrics = [], None, {}
+    for step in range(start + 1, config.num_train_steps + 1):
+        local = next(batches)
+        input_pipeline.check_labels(local["label"], config.model.num_classes)
+        state, step_metrics = programs.train_step(
+            state, sharding.global_batch(local, mesh), dropout_rng
+        )
+        if previous is not None:  # Check the step before, so the device keeps busy.
+            _check_finite(step - 1, previous, manager)
+        previous = step_metrics
+        history.append(step_metrics)
+        is_last = step == config.num_train_steps
+        # Every process asks at every step: under jax.distributed these are agreements.
+        preempted = listener.reached(step)
+        due = manager.should_save(step) or is_last or preempted
+        if step % config.log_every_steps == 0 or is_last or preempted:
+            summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(history)).items()}
+            summary.update(progress(step))
+            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+            history = []
+        if preempted:
+            _check_finite(step, step_metrics, manager)
+            path = checkpointing.save(manager, step, state, config)
+            manager.wait_until_finished()
+            error = preemption.Preempted(listener.exit_signal, step, path)
+            logging.warning("%s", error)
+            raise error
+        evaluated = None
+        if step % config.eval_every_steps == 0 or is_last:
+            _check_finite(step, step_metrics, manager)
+            result = _evaluate_or_save(programs, state, config, manager, step)
+            eval_metrics = result.metrics
+            evaluated = evaluation.scalar_metrics(eval_metrics)
+            _write_eval_summaries(writer, step, result, config)
+        if due:
+            _check_finite(step, step_metrics, manager)  # Never save a diverged state.
+            checkpointing.save(manager, step, state, config, evaluated)
+    if previous is not None:
+        _check_finite(config.num_train_steps, previous, manager)
+    return eval_metrics
+
+
+def _resume(manager, step: int, config, compiled) -> steps.TrainState:
+    """The train state of checkpoint ``step`` (a new optimizer state if config asks)."""
+    checkpointing.check_compatible(manager, step, config)
+    init_from.resolve_normalization(config, manager, step)
+    programs = compiled()
+    abstract = programs.abstract_state
+    if checkpointing.optimizer_carries_over(manager, step, config, abstract.params):
+        return checkpointing.restore_state(manager, step, abstract)
+    step_array, variables = checkpointing.restore_without_optimizer(manager, step, abstract)
+    return steps.TrainState(
+        step=step_array,
+        opt_state=programs.init_optimizer(variables["params"], step_array),
+        **variables,
+    )
+
+
+def _evaluate_or_save(programs, state, config, manager, step: int):
+    """Evaluates; if evaluation fails (out of memory with TTA, say), the step is saved
+    (unranked) before the error ends the run, so no training is lost to it."""
+    try:
+        return evaluation.evaluate(
+            programs, steps.variables(state), config, num_examples=config.eval_summary_images
+        )
+    except Exception:
+        checkpointing.save(manager, step, state, config)
+        manager.wait_until_finished()
+        logging.warning("Evaluation at step %d failed; saved that step first", step)
+        raise
 
 
 def _write_eval_summaries(writer, step: int, result, config) -> None:
