@@ -21,16 +21,8 @@ import torch_reference as ref  # noqa: E402
 
 from fcn_jax import convert, models, resnet  # noqa: E402
 from fcn_jax.convert import ConversionError  # noqa: E402
-from tests.test_models import abstract_init  # noqa: E402
+from tests.test_models import TORCHVISION_FCN_RESNET_COUNTS, abstract_init  # noqa: E402
 
-# torchvision's parameter counts (fcn_resnet50/101, 21 classes; with aux_loss the documented
-# num_params, without it measured with torchvision 0.28).
-TORCHVISION_COUNTS = {
-    ("resnet50", True): 35_322_218,
-    ("resnet101", True): 54_314_346,
-    ("resnet50", False): 32_957_013,
-    ("resnet101", False): 51_949_141,
-}
 B = 8  # Narrow base width: conv1 8 channels, layer4 256.
 TORCHVISION = ref.import_torchvision()
 needs_torchvision = pytest.mark.skipif(
@@ -68,10 +60,12 @@ def assert_heads_match(actual: dict, expected: dict, tolerance=1e-4) -> None:
     assert max(errors.values()) < tolerance, errors
 
 
-@pytest.mark.parametrize("backbone, aux_head", list(TORCHVISION_COUNTS))
+@pytest.mark.parametrize("backbone, aux_head", list(TORCHVISION_FCN_RESNET_COUNTS))
 def test_full_width_parameter_counts_and_names_are_torchvisions(backbone, aux_head):
     variables = abstract_init(resnet.ResNetFCN(backbone=backbone, aux_head=aux_head))
-    assert models.param_count(variables["params"]) == TORCHVISION_COUNTS[backbone, aux_head]
+    assert (
+        models.param_count(variables["params"]) == TORCHVISION_FCN_RESNET_COUNTS[backbone, aux_head]
+    )
     names = resnet.torchvision_names(backbone, aux_head)
     assert set(variables["params"]) == set(names)
     assert set(variables["batch_stats"]) == {n for n in names if n.endswith("_bn")}
@@ -131,7 +125,9 @@ def test_restatement_is_torchvisions_model(backbone):
     theirs.load_state_dict(ours.state_dict())
     x = _image(33, 47)
     assert_heads_match(torch_outputs(ours, x), torch_outputs(theirs, x), tolerance=1e-6)
-    assert sum(p.numel() for p in theirs.parameters()) == TORCHVISION_COUNTS[backbone, True]
+    assert (
+        sum(p.numel() for p in theirs.parameters()) == TORCHVISION_FCN_RESNET_COUNTS[backbone, True]
+    )
 
 
 @needs_torchvision
