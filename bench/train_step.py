@@ -3,6 +3,9 @@
     python bench/train_step.py                     # FCN-8s, batch 2, 224x224, both geometries
     python bench/train_step.py --geometry=caffe --size=512 --dtype=bfloat16 --batch=8
     python bench/train_step.py --geometry=same --backbone=vgg16_bn --fc_batch_norm  # MindSpore's
+    python bench/train_step.py --backbone=resnet50 --aux_loss_weight=0.4   # fcn_resnet50
+    python bench/train_step.py --backbone=resnet50 --aux_loss_weight=0.4 --size=512 \
+        --dtype=bfloat16 --batch=16                                     # its recipe, on a GPU
 
 Runs the real jitted, donated ``train_step`` of fcn_jax.steps on random
 uint8 images. FLOPs come from XLA's cost analysis of the step's HLO; the
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import peak as peak_lib  # noqa: E402
 from configs import default  # noqa: E402
-from fcn_jax import sharding, steps  # noqa: E402
+from fcn_jax import resnet, sharding, steps  # noqa: E402
 
 flags.DEFINE_string("variant", "fcn8s", "fcn32s | fcn16s | fcn8s")
 flags.DEFINE_list("geometry", ["caffe", "same"], "Geometries to measure.")
@@ -34,7 +37,8 @@ flags.DEFINE_integer("batch", 2, "Global batch size.")
 flags.DEFINE_integer("size", 224, "Square input size.")
 flags.DEFINE_string("dtype", "float32", "float32 | bfloat16 compute.")
 flags.DEFINE_string("fc6_impl", "matmul", "matmul | conv")
-flags.DEFINE_string("backbone", "vgg16", "vgg16 | vgg16_bn")
+flags.DEFINE_string("backbone", "vgg16", "vgg16 | vgg16_bn | resnet50 | resnet101")
+flags.DEFINE_float("aux_loss_weight", 0.0, "ResNet backbones: > 0 adds the auxiliary head.")
 flags.DEFINE_bool("fc_batch_norm", False, "vgg16_bn: BatchNorm on fc6/fc7 too (MindSpore's net).")
 flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 FLAGS = flags.FLAGS
@@ -48,6 +52,7 @@ def bench_geometry(geometry: str, peak: float) -> dict:
     config.model.fc6_impl = FLAGS.fc6_impl
     config.model.backbone = FLAGS.backbone
     config.model.fc_batch_norm = FLAGS.fc_batch_norm
+    config.model.aux_loss_weight = FLAGS.aux_loss_weight
     config.dataset.normalization = "caffe"
     config.batch_size = FLAGS.batch
     config.mesh.shape = (-1, 1)
@@ -101,8 +106,14 @@ def bench_geometry(geometry: str, peak: float) -> dict:
 def main(argv):
     del argv
     peak = peak_lib.matmul_peak(jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32)
-    for geometry in FLAGS.geometry:
-        print(json.dumps(bench_geometry(geometry, peak)), flush=True)
+    resnet_backbone = FLAGS.backbone in resnet.BACKBONES
+    for geometry in FLAGS.geometry[:1] if resnet_backbone else FLAGS.geometry:
+        result = bench_geometry(geometry, peak)
+        if resnet_backbone:  # The geometry is the VGG FCN's.
+            for key in ("geometry", "variant", "fc6_impl"):
+                del result[key]
+            result["aux_loss_weight"] = FLAGS.aux_loss_weight
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

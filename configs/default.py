@@ -13,9 +13,14 @@ def get_config():
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict()
-    config.model.variant = "fcn8s"  # fcn32s | fcn16s | fcn8s
-    # vgg16 | vgg16_bn (a BatchNorm after every VGG convolution, as torchvision's vgg16_bn).
+    config.model.variant = "fcn8s"  # fcn32s | fcn16s | fcn8s (VGG backbones)
+    # VGG FCNs: vgg16 | vgg16_bn (a BatchNorm after every VGG convolution, as torchvision's
+    # vgg16_bn). ResNet FCNs: resnet50 | resnet101, torchvision's fcn_resnet50/101 (dilated,
+    # output stride 8, FCNHead; variant, geometry, at_once, fc_* do not apply).
     config.model.backbone = "vgg16"
+    # ResNet FCNs: weight of the auxiliary FCNHead's loss (on layer3); > 0 adds that head.
+    # torchvision's recipe uses 0.5, mmsegmentation's 0.4.
+    config.model.aux_loss_weight = 0.0
     # vgg16_bn only: BatchNorm after fc6/fc7 too, and no bias on the convolutions, fc6/fc7
     # and score layers: the network of the MindSpore FCN-8s tutorial.
     config.model.fc_batch_norm = False
@@ -25,9 +30,9 @@ def get_config():
     config.model.num_classes = 21  # 20 VOC classes + background.
     config.model.geometry = "caffe"  # caffe (exact reference nets) | same (cheaper, aligned)
     config.model.at_once = False  # FCN-8s "at-once": scale pool4 by 1e-2, pool3 by 1e-4.
-    config.model.base_width = 64  # Width of conv1; VGG-16 is 64. Narrower for demos/tests.
+    config.model.base_width = 64  # Width of conv1; VGG-16, ResNets: 64. Narrower for demos/tests.
     config.model.fc_width = 4096  # Channels of fc6/fc7; VGG-16 is 4096.
-    config.model.dropout_rate = 0.5  # After fc6 and fc7.
+    config.model.dropout_rate = 0.5  # After fc6 and fc7; ResNet FCNs: in the heads (0.1).
     config.model.freeze_upsampling = True  # Keep the bilinear upsampling fixed, as the paper.
     config.model.fc6_impl = "matmul"  # matmul (faster on XLA CPU) | conv; same numbers.
     config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).

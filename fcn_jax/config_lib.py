@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fcn_jax import input_pipeline, models, normalization, optim, sharding
+from fcn_jax import input_pipeline, models, normalization, optim, resnet, sharding
 from fcn_jax.transforms import VOID
 
 LOSS_REDUCTIONS = ("mean", "sum")
 _CHOICES = (
     ("model.variant", models.VARIANTS),
     ("model.geometry", models.GEOMETRIES),
-    ("model.backbone", models.BACKBONES),
+    ("model.backbone", models.BACKBONES + resnet.BACKBONES),
     ("model.fc6_impl", models.FC6_IMPLS),
     ("model.dtype", ("float32", "bfloat16")),
     ("dataset.name", input_pipeline.DATASETS),
@@ -63,6 +63,12 @@ def validate_config(config) -> None:
         raise ValueError(
             "config field model.fc_batch_norm=True needs model.backbone='vgg16_bn', not "
             f"{config.model.backbone!r}"
+        )
+    aux_weight = config.model.aux_loss_weight
+    if aux_weight < 0 or (aux_weight and config.model.backbone not in resnet.BACKBONES):
+        raise ValueError(
+            f"config field model.aux_loss_weight={aux_weight} must be >= 0, and 0 unless "
+            f"model.backbone is one of {resnet.BACKBONES} (not {config.model.backbone!r})"
         )
     if not 0 <= config.model.dropout_rate < 1:
         raise ValueError(

@@ -2,9 +2,11 @@
 
 ``from_torch_state_dict`` reads a whole FCN in the PyTorch layout of the widely
 shared ports of the Caffe models (pytorch-fcn); ``from_mindspore_checkpoint`` the
-network of the MindSpore FCN-8s tutorial (VGG-16 with BatchNorm); ``load_backbone``
+network of the MindSpore FCN-8s tutorial (VGG-16 with BatchNorm);
+``from_torchvision_segmentation`` torchvision's fcn_resnet50/101; ``load_backbone``
 copies a VGG-16 (conv1_1 ... fc7) from torchvision (``vgg16`` or ``vgg16_bn``), a
-Caffe port in that PyTorch layout, or a Keras ``.h5`` into FCN variables.
+Caffe port in that PyTorch layout, or a Keras ``.h5``, or a torchvision ImageNet
+``resnet50``/``resnet101``, into FCN variables.
 
 Weights travel as Flax variables, ``{"params": ..., "batch_stats": ...}``: a
 BatchNorm after ``layer`` is ``<layer>_bn``, its scale and offset in ``params``
@@ -22,7 +24,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from fcn_jax import files, models
+from fcn_jax import files, models, resnet
 
 LAYOUTS = ("torchvision", "caffe", "keras", "mindspore")
 _CONVS = tuple(n for names, _ in models.VGG16_STAGES for n in names)
@@ -274,7 +276,10 @@ def read_backbone(source, layout: str) -> dict:
     """Variables of conv1_1 ... fc7 (with their BatchNorms for a vgg16_bn) of a VGG-16 in
     ``layout``; see ``load_backbone``."""
     if layout == "torchvision":
-        return _torchvision_backbone(_read_torch(source))
+        state = _read_torch(source)
+        if "layer1.0.conv1.weight" in state:
+            return _torchvision_resnet_backbone(state)
+        return _torchvision_backbone(state)
     if layout == "caffe":
         state = _read_torch(source)
         if "features.0.weight" in state:  # e.g. pytorch-fcn's vgg16_from_caffe.pth.
@@ -305,7 +310,88 @@ def load_backbone(variables, source, layout: str):
     along with their convolutions.
     """
     backbone = read_backbone(source, layout)
-    return merge_into(variables, backbone, tuple(backbone["params"]), f"the {layout} VGG-16")[0]
+    return merge_into(variables, backbone, tuple(backbone["params"]), f"the {layout} backbone")[0]
+
+
+def _width(params, layer: str) -> int:
+    """Output channels of ``layer``'s kernel."""
+    return int(np.shape(params[layer]["kernel"])[-1])
+
+
+def _resnet_depth(state: dict, prefix: str, what: str) -> str:
+    """resnet50 or resnet101, from the number of layer3 blocks (6 or 23) in ``state``."""
+    blocks = {k[len(prefix) :].split(".")[1] for k in state if k.startswith(f"{prefix}layer3.")}
+    for backbone, counts in resnet.BLOCKS.items():
+        if len(blocks) == counts[2]:
+            return backbone
+    counts = {b: c[2] for b, c in resnet.BLOCKS.items()}
+    raise ConversionError(
+        f"{what}: {len(blocks)} {prefix}layer3 blocks, not those of a ResNet {counts}"
+    )
+
+
+def _resnet_variables(state: dict, names: dict[str, str], what: str, ignore=()) -> dict:
+    """Variables of the ResNet FCN layers ``names`` (ours -> torchvision's module) from a
+    torchvision state dict; every other key is refused unless ``ignore``d."""
+    bn_suffix = models.batch_norm_name("")
+    norms = {n: m for n, m in names.items() if n.endswith(bn_suffix)}
+    expected = {f"{m}.{p}" for m in norms.values() for p in _TORCH_BN_KEYS}
+    expected |= {f"{m}.weight" for n, m in names.items() if n not in norms}
+    expected |= {f"{m}.bias" for n, m in names.items() if n.endswith("_score")}
+    ignore = (*ignore, *(f"{m}.num_batches_tracked" for m in norms.values()))
+    _expect_keys(state, expected, what, ignore=ignore)
+    params, batch_stats = {}, {}
+    for name, module in names.items():
+        if name in norms:
+            params[name], batch_stats[name] = _torch_batch_norm(state, module)
+        else:
+            params[name] = {"kernel": _conv(state[f"{module}.weight"])}
+            if f"{module}.bias" in expected:
+                params[name]["bias"] = state[f"{module}.bias"]
+    return {"params": params, "batch_stats": batch_stats}
+
+
+def _torchvision_resnet_backbone(state: dict) -> dict:
+    """Variables of the dilated ResNet from torchvision's ImageNet resnet50/101 (fc ignored)."""
+    what = "torchvision ImageNet ResNet"
+    backbone = _resnet_depth(state, "", what)
+    names = {
+        ours: theirs.removeprefix("backbone.")
+        for ours, theirs in resnet.torchvision_names(backbone, aux_head=False).items()
+        if theirs.startswith("backbone.")
+    }
+    return _resnet_variables(state, names, f"{what} ({backbone})", ignore=("fc.",))
+
+
+def from_torchvision_segmentation(state_dict, num_classes: int | None = None):
+    """(model, variables) of torchvision's fcn_resnet50/101 from its state dict (or file).
+
+    The depth comes from the number of layer3 blocks, the auxiliary head from the
+    ``aux_classifier.*`` keys, the classes from the classifier. ``model.apply(variables,
+    images_nhwc, train=False)`` gives torchvision's eval outputs, ``{"out", "aux"}`` (only
+    "out" without an auxiliary head), for inputs in the ``torch`` normalisation.
+    """
+    state = _read_torch(state_dict)
+    what = "torchvision FCN-ResNet state dict"
+    backbone = _resnet_depth(state, "backbone.", what)
+    aux_head = any(k.startswith("aux_classifier.") for k in state)
+    names = resnet.torchvision_names(backbone, aux_head)
+    variables = _resnet_variables(state, names, f"{what} (fcn_{backbone})")
+    params = variables["params"]
+    found = _width(params, "classifier_score")
+    if num_classes is not None and found != num_classes:
+        raise ConversionError(
+            f"classifier.4 has {found} classes but num_classes={num_classes}; convert with "
+            f"num_classes={found}, or take only the backbone (--config.init_layers)"
+        )
+    model = resnet.ResNetFCN(
+        backbone=backbone,
+        num_classes=found,
+        aux_head=aux_head,
+        base_width=_width(params, "conv1"),
+    )
+    _check_shapes(variables, model)
+    return model, variables
 
 
 # Which input normalisation each source's weights expect.
@@ -437,9 +523,12 @@ def from_mindspore_checkpoint(path, num_classes: int = 21):
     return model, variables
 
 
-def backbone_model(variables) -> models.FCN:
+def backbone_model(variables):
     """An FCN whose backbone has the shapes of ``variables`` (widths, BatchNorms, biases)."""
     params = variables["params"]
+    depth = resnet.backbone_of(params)
+    if depth:
+        return resnet.ResNetFCN(backbone=depth, base_width=_width(params, "conv1"))
     return models.FCN(
         backbone="vgg16_bn" if models.batch_norm_name("conv1_1") in params else "vgg16",
         fc_batch_norm=models.batch_norm_name("fc6") in params,
@@ -490,11 +579,18 @@ def save_weights(
         "normalization": normalization,
         "geometry": geometry,
         "at_once": at_once,
-        "backbone": "vgg16_bn" if models.batch_norm_name("conv1_1") in params else "vgg16",
+        "backbone": backbone_name(params),
         "fc_batch_norm": models.batch_norm_name("fc6") in params,
         "layers": sorted(params),
     }
     files.write_json(os.path.join(path, _META), meta)
+
+
+def backbone_name(params) -> str:
+    """config.model.backbone of weights, read off their layers."""
+    if resnet.backbone_of(params):
+        return resnet.backbone_of(params)
+    return "vgg16_bn" if models.batch_norm_name("conv1_1") in params else "vgg16"
 
 
 def load_meta(path: str) -> dict:
@@ -603,19 +699,24 @@ def main(argv):
         raise ConversionError(f"unexpected arguments {argv[1:]}")
     layout, variant, num_classes = flags_.layout, flags_.variant, flags_.num_classes
     head = {"geometry": None, "at_once": None}
-    source = _read_mindspore(flags_.input) if layout == "mindspore" else flags_.input
+    readers = {"mindspore": _read_mindspore, "torchvision": _read_torch}  # Read once.
+    source = readers[layout](flags_.input) if layout in readers else flags_.input
     if layout == "fcn":  # The published FCNs are caffe-geometry nets.
         params = from_torch_state_dict(flags_.input, variant, num_classes, flags_.at_once)
         variables, head = {"params": params}, {"geometry": "caffe", "at_once": flags_.at_once}
     elif layout == "mindspore" and "score_fr.weight" in source:  # A whole FCN-8s.
         _, variables = from_mindspore_checkpoint(source, num_classes)
         variant, head = "fcn8s", {"geometry": "same", "at_once": False}
+    elif layout == "torchvision" and "backbone.conv1.weight" in source:  # fcn_resnet50/101.
+        _, variables = from_torchvision_segmentation(source, num_classes)
     else:
         backbone = read_backbone(source, layout)
         model = backbone_model(backbone)
         zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_variables(model))
-        merge_into(zeros, backbone, source=f"the {layout} VGG-16")  # Checks every shape.
+        merge_into(zeros, backbone, source=f"the {layout} backbone")  # Checks every shape.
         variables = backbone
+    if resnet.backbone_of(variables["params"]):  # ResNet FCNs are torchvision's models.
+        variant = f"fcn_{resnet.backbone_of(variables['params'])}"
     save_weights(
         flags_.output,
         variables,
@@ -636,7 +737,7 @@ if __name__ == "__main__":
 
     flags.DEFINE_string(
         "input", None, "Weights file (.pth/.pt state dict, Keras .h5 or MindSpore .ckpt)."
-    )
+    )  # torchvision: vgg16, vgg16_bn, resnet50/101 (backbones) or fcn_resnet50/101 (whole).
     flags.DEFINE_enum("layout", "fcn", ("fcn", *LAYOUTS), "fcn = a whole pytorch-fcn model.")
     flags.DEFINE_enum("variant", "fcn8s", models.VARIANTS, "FCN variant.")
     flags.DEFINE_integer("num_classes", 21, "Classes of the model.")

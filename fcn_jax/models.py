@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -370,6 +371,12 @@ class FCN(nn.Module):
 
     def _upsample(self, name, x):
         return Upsample(self.num_classes, UPSAMPLE_FACTORS[name], self.dtype, name=name)(x)
+
+
+def main_logits(outputs):
+    """The segmentation logits of a model's outputs: the VGG FCNs return them, the ResNet
+    FCNs (fcn_jax.resnet) a dict of heads whose main one is "out"."""
+    return outputs["out"] if isinstance(outputs, Mapping) else outputs
 
 
 def param_count(params) -> int:

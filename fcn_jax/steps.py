@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcn_jax import inference, losses, metrics, models, optim, sharding
+from fcn_jax import inference, losses, metrics, models, optim, resnet, sharding
 from fcn_jax.normalization import normalize
 from fcn_jax.visualize import VOID  # Not via input_pipeline: the steps need no TensorFlow.
 
@@ -38,8 +38,19 @@ def variables(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def build_model(config) -> models.FCN:
+def build_model(config) -> models.FCN | resnet.ResNetFCN:
+    """The VGG FCN, or the ResNet FCN for a ResNet ``model.backbone``."""
     m = config.model
+    if m.backbone in resnet.BACKBONES:
+        return resnet.ResNetFCN(
+            backbone=m.backbone,
+            num_classes=m.num_classes,
+            aux_head=m.aux_loss_weight > 0,
+            base_width=m.base_width,
+            dropout_rate=m.dropout_rate,
+            dtype=DTYPES[m.dtype],
+            freeze_batch_norm=m.freeze_batch_norm,
+        )
     return models.FCN(
         variant=m.variant,
         num_classes=m.num_classes,
@@ -75,6 +86,7 @@ def make_init_fn(model: models.FCN, tx):
 
 def make_train_step(model: models.FCN, tx, config):
     normalization, reduction = config.dataset.normalization, config.loss_reduction
+    aux_weight = config.model.aux_loss_weight
 
     def train_step(state: TrainState, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
@@ -84,14 +96,18 @@ def make_train_step(model: models.FCN, tx, config):
         def loss_fn(params):
             # BatchNorm normalises by the statistics of the whole global batch: its mean
             # over a batch split across devices is a cross-device mean under jit.
-            logits, updates = model.apply(
+            outputs, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
                 images,
                 train=True,
                 rngs={"dropout": rng},
                 mutable=["batch_stats"],
             )
+            logits = models.main_logits(outputs)
             loss, num_valid = losses.cross_entropy(logits, labels, reduction=reduction)
+            if aux_weight:  # The auxiliary head's loss, as torchvision's and mmseg's recipes.
+                aux_loss, _ = losses.cross_entropy(outputs["aux"], labels, reduction=reduction)
+                loss = loss + aux_weight * aux_loss
             # Frozen BatchNorm (or none) updates nothing: the statistics stay as they are.
             return loss, (logits, num_valid, updates.get("batch_stats", state.batch_stats))
 
@@ -120,7 +136,7 @@ def make_scores_fn(model: models.FCN, config):
 
     def scores(variables, images):
         return inference.predict_scores(
-            lambda x: model.apply(variables, x, train=False),
+            lambda x: models.main_logits(model.apply(variables, x, train=False)),
             normalize(images, normalization, model.dtype),
             scales=tuple(options.scales),
             flip=options.flip,

@@ -20,6 +20,7 @@ from fcn_jax import (
     input_pipeline,
     models,
     preemption,
+    resnet,
     sharding,
     steps,
     visualize,
@@ -123,9 +124,8 @@ def _train(config, manager, mesh, writer, listener) -> dict:
     else:
         logging.info("Resumed from checkpoint %d in %s", start, manager.directory)
     logging.info(
-        "Training %s (%s geometry, %d parameters) on mesh %s, global batch %d",
-        config.model.variant,
-        config.model.geometry,
+        "Training %s (%d parameters) on mesh %s, global batch %d",
+        _model_name(config.model),
         models.param_count(state.params),
         dict(mesh.shape),
         config.batch_size,
@@ -172,6 +172,12 @@ def _train(config, manager, mesh, writer, listener) -> dict:
     if previous is not None:
         _check_finite(config.num_train_steps, previous, manager)
     return eval_metrics
+
+
+def _model_name(m) -> str:
+    if m.backbone in resnet.BACKBONES:
+        return f"FCN {m.backbone}" + (" with its auxiliary head" if m.aux_loss_weight else "")
+    return f"{m.variant} on {m.backbone}, {m.geometry} geometry"
 
 
 def _resume(manager, step: int, config, compiled) -> steps.TrainState:

@@ -8,9 +8,9 @@ import pytest
 
 from fcn_jax import models, steps
 from fcn_jax.config_lib import validate_config
-from tests.test_models import PARAM_COUNTS
+from tests.test_models import PARAM_COUNTS, TORCHVISION_FCN_RESNET_COUNTS
 
-CONFIGS = ("default", "demo", "fcn32s", "fcn16s", "fcn8s")
+CONFIGS = ("default", "demo", "fcn32s", "fcn16s", "fcn8s", "fcn_resnet50", "fcn_resnet101")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -43,6 +43,8 @@ def test_demo_config_is_valid_as_shipped():
         ("geometry", "full", "model.geometry='full' is not one of"),
         ("dtype", "float16", "model.dtype='float16' is not one of"),
         ("num_classes", 0, "model.num_classes=0 must be a positive integer"),
+        ("backbone", "resnet18", "model.backbone='resnet18' is not one of"),
+        ("aux_loss_weight", 0.4, "model.aux_loss_weight=0.4 must be >= 0, and 0 unless"),
     ],
 )
 def test_validation_names_the_bad_field(field, value, message):
@@ -140,3 +142,34 @@ def test_mindspore_recipe_is_the_tutorials_network_and_the_model_zoos_recipe():
         fcn16s.get_config("mindspore")
     with pytest.raises(ValueError, match="mindspore and caffe are two different recipes"):
         fcn8s.get_config("mindspore,caffe")
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
+def test_resnet_recipes_are_mmsegmentations_on_torchvisions_networks(backbone):
+    config = importlib.import_module(f"configs.fcn_{backbone}").get_config()
+    validate_config(config)
+    variables = jax.eval_shape(
+        lambda k: steps.build_model(config).init(k, jnp.zeros((1, 64, 64, 3)), train=False),
+        jax.random.key(0),
+    )
+    assert models.param_count(variables["params"]) == TORCHVISION_FCN_RESNET_COUNTS[backbone, True]
+    assert (config.model.backbone, config.model.aux_loss_weight) == (backbone, 0.4)
+    data = config.dataset
+    assert (data.train_split, data.eval_split, data.normalization) == (
+        "train_aug",
+        "voc_val",
+        "torch",
+    )
+    assert (data.crop_size, data.scale_range, data.flip) == ((512, 512), (0.5, 2.0), True)
+    opt = config.optimizer
+    assert (opt.name, opt.momentum, opt.learning_rate, opt.schedule, opt.poly_power) == (
+        "sgd",
+        0.9,
+        0.01,
+        "poly",
+        0.9,
+    )
+    assert (opt.weight_decay, config.batch_size, config.num_train_steps) == (5e-4, 16, 20_000)
+    config.model.aux_loss_weight = -0.1
+    with pytest.raises(ValueError, match=r"model.aux_loss_weight=-0.1 must be >= 0"):
+        validate_config(config)

@@ -11,6 +11,14 @@ from fcn_jax.models import FCN
 
 # Published parameter counts of the reference nets with 21 classes.
 PARAM_COUNTS = {"fcn32s": 136_152_917, "fcn16s": 134_815_994, "fcn8s": 134_489_759}
+# torchvision's parameter counts of fcn_resnet50/101 with 21 classes, (backbone, aux head):
+# with it the documented num_params, without it measured with torchvision 0.28.
+TORCHVISION_FCN_RESNET_COUNTS = {
+    ("resnet50", True): 35_322_218,
+    ("resnet101", True): 54_314_346,
+    ("resnet50", False): 32_957_013,
+    ("resnet101", False): 51_949_141,
+}
 
 
 def abstract_init(model, shape=(1, 64, 64, 3)):

@@ -10,12 +10,16 @@ nets: convolution widths B, B, 2B, 2B, 4B x3, 8B x3, 8B x3 and fc width F.
 ``classifier``), with fc6 applied as a 7x7 convolution whose weight is
 ``classifier.0.weight`` viewed (F, C, 7, 7), the (C, H, W) flatten of torchvision.
 
-Used by tests/test_convert.py only; needs torch.
+``FCNResNet`` restates torchvision's fcn_resnet50/101 (``import_torchvision`` gets
+the real one where it installs).
+
+Used by tests/test_convert.py and tests/test_resnet.py; needs torch.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import nn
@@ -384,3 +388,170 @@ def to_mindspore(net: MindSporeTutorialFCN8s) -> dict:
             name = f"{module}.{_MINDSPORE_BN[param]}"
         out[name] = value.detach().numpy().copy()
     return out
+
+
+# torchvision's bottleneck blocks per stage, and the FCN's output stride 8
+# (replace_stride_with_dilation=[False, True, True]).
+RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
+RESNET_STRIDES, RESNET_DILATE = (1, 2, 2, 2), (False, False, True, True)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride is on the 3x3 convolution."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False
+        )
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class DilatedResNet(nn.Module):
+    """torchvision's resnet50/101 trunk with replace_stride_with_dilation=[False, True, True],
+    as IntermediateLayerGetter keeps it (no avgpool, fc): returns layer3 ("aux") and layer4
+    ("out"). Widths are base_width * (1, 2, 4, 8) (* 4 out of each block); torchvision's 64."""
+
+    def __init__(self, blocks, base_width=64):
+        super().__init__()
+        self.inplanes, self.dilation = base_width, 1
+        self.conv1 = nn.Conv2d(3, base_width, 7, 2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base_width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, padding=1)
+        for stage, (n, stride, dilate) in enumerate(
+            zip(blocks, RESNET_STRIDES, RESNET_DILATE), start=1
+        ):
+            layer = self._make_layer(base_width * 2 ** (stage - 1), n, stride, dilate)
+            setattr(self, f"layer{stage}", layer)
+
+    def _make_layer(self, planes, blocks, stride, dilate):
+        """torchvision's ResNet._make_layer: the first block keeps the previous dilation."""
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * Bottleneck.expansion),
+            )
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, previous_dilation)]
+        self.inplanes = planes * Bottleneck.expansion
+        layers += [
+            Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)
+        ]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        aux = self.layer3(x)
+        return {"aux": aux, "out": self.layer4(aux)}
+
+
+class FCNHead(nn.Sequential):
+    """torchvision's FCNHead: conv 3x3 to in/4 (no bias), BatchNorm, ReLU, dropout, 1x1 conv."""
+
+    def __init__(self, in_channels, channels):
+        inter = in_channels // 4
+        super().__init__(
+            nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
+            nn.BatchNorm2d(inter),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Conv2d(inter, channels, 1),
+        )
+
+
+class FCNResNet(nn.Module):
+    """torchvision's fcn_resnet50/101 (_SimpleSegmentationModel): heads upsampled bilinearly
+    with align_corners=False; returns {"out": ..., "aux": ...} ("aux" with ``aux_loss``)."""
+
+    def __init__(self, backbone="resnet50", num_classes=21, aux_loss=True, base_width=64):
+        super().__init__()
+        self.backbone = DilatedResNet(RESNET_BLOCKS[backbone], base_width)
+        self.classifier = FCNHead(base_width * 32, num_classes)
+        self.aux_classifier = FCNHead(base_width * 16, num_classes) if aux_loss else None
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        heads = {"out": self.classifier}
+        if self.aux_classifier is not None:
+            heads["aux"] = self.aux_classifier
+        return {
+            key: nn.functional.interpolate(
+                head(features[key]), size=size, mode="bilinear", align_corners=False
+            )
+            for key, head in heads.items()
+        }
+
+
+def fcn_resnet(backbone="resnet50", *, num_classes=21, aux_loss=True, base_width=8, seed=0):
+    """A randomly initialised restated fcn_resnet50/101 (random BatchNorm statistics too),
+    in eval mode."""
+    with torch.device("meta"):  # Skip torch's default initialisation: every weight is drawn.
+        net = FCNResNet(backbone, num_classes, aux_loss, base_width)
+    net = net.to_empty(device="cpu")
+    _randomise(net, torch.Generator().manual_seed(seed))
+    return net.eval()
+
+
+def imagenet_resnet_state(net: FCNResNet, seed: int = 1) -> dict:
+    """The state dict of an ImageNet torchvision resnet50/101 holding ``net``'s backbone
+    (keys without ``backbone.``; ``fc`` random, as a classifier has it)."""
+    out = {
+        k.removeprefix("backbone."): v.detach().clone()
+        for k, v in net.state_dict().items()
+        if k.startswith("backbone.")
+    }
+    width = net.classifier[0].in_channels
+    g = torch.Generator().manual_seed(seed)
+    out["fc.weight"] = torch.randn(1000, width, generator=g) / math.sqrt(width)
+    out["fc.bias"] = torch.zeros(1000)
+    return out
+
+
+_TORCHVISION_OPS: list = []  # Operators declared for torchvision's import (below).
+
+
+def import_torchvision():
+    """torchvision, or None where it is not installed.
+
+    PyPI's torchvision wheel is built against PyPI's (CUDA) torch; beside a CPU-only
+    torch its C++ operators do not load, and torchvision 0.28's import then stops at
+    registering fake kernels for ``torchvision::nms`` and ``qnms``. Declaring those two
+    operators lets the pure-Python models import: they use none of the C++ operators.
+    """
+    try:
+        import torchvision
+    except ImportError:
+        return None
+    except RuntimeError as e:
+        if "torchvision::nms does not exist" not in str(e):
+            raise
+        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+            del sys.modules[name]
+        library = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_OPS.append(library)  # The operators live as long as the library object.
+        import torchvision
+    return torchvision

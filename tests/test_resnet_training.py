@@ -1,0 +1,126 @@
+"""ResNet FCNs downstream: the auxiliary loss, BatchNorm over the global batch on 1 or 8
+devices (parameters FSDP-sharded), frozen BatchNorm, inference, and learning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from fcn_jax import input_pipeline, losses, models, optim, sharding, steps
+from fcn_jax.normalization import normalize
+
+
+def resnet_config(tiny_config, **overrides):
+    """The tiny test config with a narrow fcn_resnet50 (no dropout: exact comparisons)."""
+    fields = {
+        "model__backbone": "resnet50",
+        "model__aux_loss_weight": 0.4,
+        "model__dropout_rate": 0.0,
+    }
+    return tiny_config(**{**fields, **overrides})
+
+
+def train_step(config, num_devices, start):
+    """(state, metrics, programs) after one step from the host state ``start``.
+
+    One step: in a 4-wide net whose layer4 maps are 4x4, near-constant channels make a
+    second step's BatchNorm amplify float32 rounding chaotically (1e-6 -> 1e-3).
+    """
+    mesh = sharding.make_mesh((num_devices, 1), jax.devices()[:num_devices])
+    programs = steps.compile_steps(config, mesh)
+    batch = sharding.global_batch(next(input_pipeline.train_iterator(config)), mesh)
+    state = sharding.put(start, programs.state_shardings)
+    state, metrics = programs.train_step(state, batch, jax.random.key(1))
+    return jax.device_get(state), jax.device_get(metrics), programs
+
+
+@pytest.mark.slow
+def test_1_or_8_fsdp_devices_train_alike_on_the_loss_with_its_auxiliary_term(tiny_config):
+    # SGD: Adam would turn the rounding noise of gradients that are zero in exact arithmetic
+    # into whole steps (see tests/test_batch_norm.py).
+    config = resnet_config(tiny_config, optimizer__name="sgd", optimizer__learning_rate=0.05)
+    model = steps.build_model(config)
+    assert model.aux_head and model.backbone == "resnet50"
+    tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, False)
+    start = jax.device_get(jax.jit(steps.make_init_fn(model, tx))(jax.random.key(0)))
+    one, metrics, _ = train_step(config, 1, start)
+    config.mesh.param_sharding = "fsdp"  # layer3, layer4 and head kernels split 8 ways.
+    eight, _, programs = train_step(config, 8, start)
+    params_sharding = programs.state_shardings.params
+    assert params_sharding["layer4_0_conv2"]["kernel"].spec == P(None, None, None, "data")
+    assert params_sharding["layer1_0_conv2"]["kernel"].spec == P()
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), one.batch_stats, start.batch_stats)
+    assert min(jax.tree.leaves(moved)) > 0  # Every statistic was updated.
+    for a, b in ((one.params, eight.params), (one.batch_stats, eight.batch_stats)):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+    moves = jax.tree.map(
+        lambda a, b, s: (np.abs(a - b).max(), np.abs(a - s).max()),
+        one.params,
+        eight.params,
+        start.params,
+    )
+    worst = max(
+        d / m for d, m in jax.tree.leaves(moves, is_leaf=lambda x: isinstance(x, tuple)) if m
+    )
+    assert worst < 1e-2, worst  # Equal updates, not only nearly unchanged weights.
+
+    # The loss is CE(out) + aux_loss_weight * CE(aux), on the batch statistics.
+    batch = next(input_pipeline.train_iterator(config))
+    images = normalize(batch["image"], config.dataset.normalization, model.dtype)
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
+    outputs = forward(steps.variables(start), images)
+    main, aux = (losses.cross_entropy(outputs[k], batch["label"])[0] for k in ("out", "aux"))
+    assert abs(float(aux - main)) > 1e-3  # Two different heads.
+    np.testing.assert_allclose(metrics["loss"], main + 0.4 * aux, rtol=1e-5)
+
+
+def test_frozen_batch_norm_normalises_by_the_running_statistics(tiny_config):
+    model = steps.build_model(resnet_config(tiny_config, model__freeze_batch_norm=True))
+    x = jax.random.normal(jax.random.key(2), (2, 35, 29, 3))
+    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
+    variables["batch_stats"] = jax.tree.map(lambda s: s + 0.3, variables["batch_stats"])
+
+    @jax.jit
+    def both(v):
+        return model.apply(v, x, train=True, mutable=["batch_stats"]), model.apply(
+            v, x, train=False
+        )
+
+    (trained, updates), evaluated = both(variables)
+    jax.tree.map(np.testing.assert_array_equal, trained, evaluated)
+    jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
+
+
+def test_inference_takes_the_main_logits_with_tta_and_windows(tiny_config):
+    config = resnet_config(tiny_config, dataset__eval_pad_size=(32, 32))
+    model = steps.build_model(config)
+    variables = steps.variables(steps.make_init_fn(model, optax.sgd(0.0))(jax.random.key(0)))
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 40, 56, 3), np.uint8))
+    logits = models.main_logits(
+        model.apply(variables, normalize(images, "torch", model.dtype), train=False)
+    )
+    scores = steps.make_scores_fn(model, config)(variables, images)
+    np.testing.assert_array_equal(scores, logits)  # One view: the "out" head's logits.
+    config.inference.flip, config.inference.scales = True, (0.75, 1.0)
+    config.inference.sliding_window = True
+    preds = jax.jit(steps.make_predict_step(model, config))(variables, images)
+    assert preds.shape == (2, 40, 56) and preds.dtype == jnp.uint8
+
+
+@pytest.mark.slow
+def test_a_narrow_resnet_fcn_learns_the_synthetic_shapes(tiny_config):
+    config = resnet_config(tiny_config, model__base_width=8, batch_size=16, num_train_steps=40)
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
+    programs = steps.compile_steps(config, mesh)
+    state, batches, losses_ = (
+        programs.init(jax.random.key(0)),
+        input_pipeline.train_iterator(config),
+        [],
+    )
+    for _ in range(40):
+        batch = sharding.global_batch(next(batches), mesh)
+        state, metrics = programs.train_step(state, batch, jax.random.key(1))
+        losses_.append(float(metrics["loss"]))
+    assert np.mean(losses_[-5:]) < 0.7 * np.mean(losses_[:5]), losses_
