@@ -3,9 +3,11 @@
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -119,8 +121,75 @@ def restored_params(workdir, config):
         manager.close()
 
 
-def test_two_processes_train_like_one(tmp_path, tiny_config):
-    """Two processes on 127.0.0.1 (gloo, 2 CPU devices each) == one process with 4.
+def start(script, *args, log, devices=1):
+    """A process writing its output to ``log``, for tests that signal it mid-run."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, script, *args],
+            cwd=REPO,
+            env=env_with_devices(devices),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for(log, needle, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while needle not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+NOISE = ("Traceback", "Event loop is closed", "Future exception was never retrieved")
+
+
+def test_sigterm_saves_and_exits_143_and_a_damaged_checkpoint_is_one_line(tmp_path):
+    args = [
+        *TINY,
+        "--config.num_train_steps=400",
+        "--config.checkpoint_every_steps=1000",
+        "--config.eval_every_steps=1000",
+        f"--workdir={tmp_path}",
+    ]
+    log = tmp_path / "train.log"
+    proc = start("train.py", *args, log=log)
+    wait_for(log, "train/loss=", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
+    text = log.read_text()
+    (step,) = re.findall(r"preempted at step (\d+); saved \S+/checkpoints/\1; run the same", text)
+    assert 2 <= int(step) < 400
+    assert os.listdir(tmp_path / "checkpoints") == [step]  # Not a checkpoint step: saved anyway.
+    assert not any(n in text for n in NOISE), text[-3000:]
+
+    (data,) = (tmp_path / "checkpoints" / step / "state" / "d").iterdir()
+    os.truncate(data, data.stat().st_size // 2)
+    result = run("eval.py", *TINY, f"--workdir={tmp_path}", f"--checkpoint={step}")
+    assert result.returncode == 1
+    assert re.search(
+        rf"^error: checkpoint {step} in \S+ cannot be restored \(.*\); "
+        "no other checkpoint there can$",
+        result.stderr,
+        re.M,
+    ), result.stderr[-3000:]
+    assert not any(n in result.stderr for n in NOISE), result.stderr[-3000:]
+
+    result = run("train.py", *args)  # Nothing restores: one line, the checkpoint set aside.
+    assert result.returncode == 1
+    assert re.search(
+        rf"^error: no checkpoint in \S+ can be restored: {step} \(", result.stderr, re.M
+    )
+    assert not any(n in result.stderr for n in NOISE), result.stderr[-3000:]
+    assert os.listdir(tmp_path / "checkpoints_damaged") == [step]
+
+
+STEPS = 12  # Long enough for a signal at the first logged step to land mid-run.
+
+
+def test_two_processes_preempted_and_resumed_train_like_one(tmp_path, tiny_config):
+    """Two processes on 127.0.0.1 (gloo, 2 CPU devices each) == one process with 4,
+    also when one of them gets SIGTERM halfway and the same command resumes the run.
 
     Both start from converted weights with fc6/fc7 split FSDP-style over the hosts, so
     the weights are placed onto shards that no single process holds entirely.
@@ -132,34 +201,44 @@ def test_two_processes_train_like_one(tmp_path, tiny_config):
         "--config.dataset.eval_batch_size=16",
         "--config.mesh.param_sharding=fsdp",
         f"--config.init_from={tmp_path / 'w'}",
+        f"--config.num_train_steps={STEPS}",
+        "--config.checkpoint_every_steps=1000",
+        "--config.eval_every_steps=1000",
     ]
     single = run("train.py", *args, f"--workdir={tmp_path / 'one'}", devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    address = f"127.0.0.1:{free_port()}"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
+    def two_processes(log_name):
+        address = f"127.0.0.1:{free_port()}"
+        flags = [*args, f"--workdir={tmp_path / 'two'}", f"--coordinator_address={address}"]
+        return [
+            start(
                 "train.py",
-                *args,
-                f"--workdir={tmp_path / 'two'}",
-                f"--coordinator_address={address}",
+                *flags,
                 "--num_processes=2",
                 f"--process_id={i}",
-            ],
-            cwd=REPO,
-            env=env_with_devices(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
-    assert "Process 1 of 2; 2 local of 4 devices" in outputs[1]
+                log=tmp_path / f"{log_name}{i}.log",
+                devices=2,
+            )
+            for i in range(2)
+        ]
+
+    # SIGTERM to process 1 alone: both agree on a step, save it and exit 143 ...
+    procs = two_processes("preempted")
+    wait_for(tmp_path / "preempted1.log", "train/loss=", procs[1])
+    procs[1].send_signal(signal.SIGTERM)
+    logs = [tmp_path / f"preempted{i}.log" for i in range(2)]
+    for p, log in zip(procs, logs):
+        assert p.wait(timeout=300) == 143, log.read_text()[-3000:]
+    stopped = [re.findall(r"preempted at step (\d+); saved", log.read_text()) for log in logs]
+    assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
+    assert int(stopped[0][0]) < STEPS
+    assert os.listdir(tmp_path / "two" / "checkpoints") == stopped[0]
+    assert "Process 1 of 2; 2 local of 4 devices" in logs[1].read_text()
+    # ... and the same command finishes the run.
+    procs = two_processes("resumed")
+    for i, p in enumerate(procs):
+        assert p.wait(timeout=600) == 0, (tmp_path / f"resumed{i}.log").read_text()[-3000:]
 
     one = restored_params(tmp_path / "one", config)
     two = restored_params(tmp_path / "two", config)
