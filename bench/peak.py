@@ -27,6 +27,18 @@ def flops(lowered) -> float:
     """FLOPs of a lowered program, from XLA's analysis of its HLO before compilation.
 
     The compiled program's analysis is backend-specific: on GPU it leaves out the
-    convolutions that run as cuDNN calls, which is nearly all of an FCN.
+    convolutions that run as cuDNN calls, which is nearly all of an FCN. PJRT plugins
+    (CUDA) do not analyse uncompiled HLO, so there the CPU client analyses the same HLO.
     """
-    return float(lowered.cost_analysis()["flops"])
+    try:
+        return float(lowered.cost_analysis()["flops"])
+    except NotImplementedError:
+        return _flops_on_cpu(lowered)
+
+
+def _flops_on_cpu(lowered) -> float:
+    from jax._src import xla_bridge  # What Lowered.cost_analysis does, on the CPU client.
+    from jax._src.lib import _jax
+
+    module = lowered._lowering.hlo().as_hlo_module()
+    return float(_jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"), module)["flops"])
