@@ -2,6 +2,7 @@
 
     python bench/inference.py                         # FCN-8s `same`, batch 1, 512x512 canvas
     python bench/inference.py --geometry=caffe --dtype=bfloat16 --batch=8   # on a GPU
+    python bench/inference.py --backbone=resnet50   # fcn_resnet50 (its aux head unused)
 
 Times the real jitted ``predict_step`` of fcn_jax.steps (the eval step minus
 the confusion matrix) on a padded eval canvas for: one view, flip, and flip with
@@ -31,7 +32,8 @@ SETTINGS = {
     "flip": dict(flip=True, scales=(1.0,)),
     "flip x 6 scales": dict(flip=True, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)),
 }
-flags.DEFINE_string("geometry", "same", "caffe | same")
+flags.DEFINE_string("geometry", "same", "caffe | same (VGG backbones)")
+flags.DEFINE_string("backbone", "vgg16", "vgg16 | vgg16_bn | resnet50 | resnet101")
 flags.DEFINE_integer("batch", 1, "Global batch size.")
 flags.DEFINE_integer("size", 512, "Square eval canvas (dataset.eval_pad_size).")
 flags.DEFINE_string("dtype", "float32", "float32 | bfloat16 compute.")
@@ -43,6 +45,7 @@ FLAGS = flags.FLAGS
 def bench_setting(name: str, peak: float, single_view_flops: float | None) -> dict:
     config = default.get_config()
     config.model.geometry = FLAGS.geometry
+    config.model.backbone = FLAGS.backbone
     config.model.dtype = FLAGS.dtype
     config.dataset.normalization = "caffe"
     config.dataset.eval_pad_size = (FLAGS.size, FLAGS.size)
@@ -73,7 +76,8 @@ def bench_setting(name: str, peak: float, single_view_flops: float | None) -> di
     run_s = float(np.median(times))
     return {
         "setting": name,
-        "geometry": FLAGS.geometry,
+        "backbone": FLAGS.backbone,
+        "geometry": FLAGS.geometry if FLAGS.backbone.startswith("vgg") else None,
         "batch": FLAGS.batch,
         "size": FLAGS.size,
         "dtype": FLAGS.dtype,

@@ -1,6 +1,9 @@
 """ResNet FCNs downstream: the auxiliary loss, BatchNorm over the global batch on 1 or 8
 devices (parameters FSDP-sharded), frozen BatchNorm, inference, and learning."""
 
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +11,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from fcn_jax import input_pipeline, losses, models, optim, sharding, steps
+from fcn_jax import evaluation, input_pipeline, losses, models, optim, sharding, steps
 from fcn_jax.normalization import normalize
+from tests.test_training import saved_params, train
 
 
 def resnet_config(tiny_config, **overrides):
@@ -124,3 +128,26 @@ def test_a_narrow_resnet_fcn_learns_the_synthetic_shapes(tiny_config):
         state, metrics = programs.train_step(state, batch, jax.random.key(1))
         losses_.append(float(metrics["loss"]))
     assert np.mean(losses_[-5:]) < 0.7 * np.mean(losses_[:5]), losses_
+
+
+def test_checkpoints_resume_and_restore_onto_another_mesh(tiny_config, tmp_path):
+    """The whole-run path with a ResNet: train with checkpoints, resume bitwise after a
+    lost checkpoint, and evaluate the checkpoint on a model-sharded 4x2 mesh."""
+    config = resnet_config(tiny_config, num_train_steps=4, eval_every_steps=4)
+    result = train(config, tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+    train(config, tmp_path / "b")
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        saved_params(tmp_path / "a", 4),
+        saved_params(tmp_path / "b", 4),
+    )
+    other = resnet_config(tiny_config, mesh__shape=(4, 2), mesh__param_sharding="fsdp")
+    restored_result, restored = evaluation.evaluate_checkpoint(
+        other, str(tmp_path / "a"), "latest", str(tmp_path / "report.json")
+    )
+    assert restored.step == 4 and os.path.isfile(tmp_path / "report.json")
+    np.testing.assert_allclose(
+        restored_result.metrics["mean_iou"], result["mean_iou"], rtol=1e-5, atol=1e-6
+    )
