@@ -49,7 +49,7 @@ MODEL_FIELDS = (
 
 
 # Model fields added since checkpoints were first written, as those checkpoints meant them.
-_EARLIER_MODEL_DEFAULTS = {"backbone": "vgg16", "fc_batch_norm": False}
+_EARLIER_MODEL_DEFAULTS = {"backbone": "vgg16", "fc_batch_norm": False, "aux_loss_weight": 0.0}
 # Checkpoints whose config has this field hold batch_stats in their train state.
 _MODEL_FIELD_OF_BATCH_STATS = "backbone"
 
@@ -174,6 +174,13 @@ def check_compatible(manager, step: int, config) -> None:
         for k in MODEL_FIELDS
         if saved.get(k) != config.model[k]
     ]
+    aux = saved["aux_loss_weight"] > 0, config.model.aux_loss_weight > 0
+    if aux[0] != aux[1]:  # Its value may change; whether there is an auxiliary head not.
+        diffs.append(
+            f"model.aux_loss_weight: checkpoint has {saved['aux_loss_weight']!r} "
+            f"({'an' if aux[0] else 'no'} auxiliary head), config has "
+            f"{config.model.aux_loss_weight!r}"
+        )
     if diffs:
         raise CheckpointMismatchError(
             f"checkpoint {step} in {manager.directory} belongs to another model ("

@@ -11,7 +11,16 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from fcn_jax import evaluation, input_pipeline, losses, models, optim, sharding, steps
+from fcn_jax import (
+    checkpointing,
+    evaluation,
+    input_pipeline,
+    losses,
+    models,
+    optim,
+    sharding,
+    steps,
+)
 from fcn_jax.normalization import normalize
 from tests.test_training import saved_params, train
 
@@ -151,3 +160,20 @@ def test_checkpoints_resume_and_restore_onto_another_mesh(tiny_config, tmp_path)
     np.testing.assert_allclose(
         restored_result.metrics["mean_iou"], result["mean_iou"], rtol=1e-5, atol=1e-6
     )
+
+
+def test_resuming_with_or_without_the_auxiliary_head_is_refused_by_name(tiny_config, tmp_path):
+    manager = checkpointing.make_manager(str(tmp_path))
+    checkpointing.save(manager, 2, {"w": np.zeros((3,), np.float32)}, resnet_config(tiny_config))
+    manager.wait_until_finished()
+    checkpointing.check_compatible(
+        manager, 2, resnet_config(tiny_config, model__aux_loss_weight=0.5)
+    )
+    with pytest.raises(
+        checkpointing.CheckpointMismatchError,
+        match=r"model.aux_loss_weight: checkpoint has 0.4 \(an auxiliary head\), config has 0.0",
+    ):
+        checkpointing.check_compatible(
+            manager, 2, resnet_config(tiny_config, model__aux_loss_weight=0.0)
+        )
+    manager.close()
