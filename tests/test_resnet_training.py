@@ -142,21 +142,21 @@ def test_a_narrow_resnet_fcn_learns_the_synthetic_shapes(tiny_config):
 def test_checkpoints_resume_and_restore_onto_another_mesh(tiny_config, tmp_path):
     """The whole-run path with a ResNet: train with checkpoints, resume bitwise after a
     lost checkpoint, and evaluate the checkpoint on a model-sharded 4x2 mesh."""
-    config = resnet_config(tiny_config, num_train_steps=4, eval_every_steps=4)
+    config = resnet_config(tiny_config, num_train_steps=2, checkpoint_every_steps=1)
     result = train(config, tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "2")
     train(config, tmp_path / "b")
     jax.tree.map(
         np.testing.assert_array_equal,
-        saved_params(tmp_path / "a", 4),
-        saved_params(tmp_path / "b", 4),
+        saved_params(tmp_path / "a", 2),
+        saved_params(tmp_path / "b", 2),
     )
     other = resnet_config(tiny_config, mesh__shape=(4, 2), mesh__param_sharding="fsdp")
     restored_result, restored = evaluation.evaluate_checkpoint(
         other, str(tmp_path / "a"), "latest", str(tmp_path / "report.json")
     )
-    assert restored.step == 4 and os.path.isfile(tmp_path / "report.json")
+    assert restored.step == 2 and os.path.isfile(tmp_path / "report.json")
     np.testing.assert_allclose(
         restored_result.metrics["mean_iou"], result["mean_iou"], rtol=1e-5, atol=1e-6
     )
