@@ -68,7 +68,7 @@ class _QuietOrbax(std_logging.Filter):
 
 # When a checkpoint read fails, orbax closes its event loop while tensorstore still
 # completes the other reads: each reports 'Event loop is closed' or an unretrieved
-# future's error. The failure itself is reported once; these are debug noise.
+# task's error. The failure itself is reported once; these are debug noise.
 def _quiet_unraisable(unraisable) -> None:
     error = unraisable.exc_value
     if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
@@ -79,7 +79,8 @@ def _quiet_unraisable(unraisable) -> None:
 
 class _QuietAbandonedReads(std_logging.Filter):
     def filter(self, record):
-        return not str(record.msg).startswith("Future exception was never retrieved")
+        text = str(record.msg)
+        return not ("exception was never retrieved" in text and "/orbax/" in text)
 
 
 def setup(argv) -> None:
