@@ -152,22 +152,22 @@ def _train(config, manager, mesh, writer, listener) -> dict:
             summary.update(progress(step))
             writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             history = []
-        if preempted:
+        evaluating = step % config.eval_every_steps == 0 or is_last
+        if due or evaluating:  # Never evaluate or save a diverged state.
             _check_finite(step, step_metrics, manager)
+        if preempted:
             path = checkpointing.save(manager, step, state, config)
             manager.wait_until_finished()
             error = preemption.Preempted(listener.exit_signal, step, path)
             logging.warning("%s", error)
             raise error
         evaluated = None
-        if step % config.eval_every_steps == 0 or is_last:
-            _check_finite(step, step_metrics, manager)
+        if evaluating:
             result = _evaluate_or_save(programs, state, config, manager, step)
             eval_metrics = result.metrics
             evaluated = evaluation.scalar_metrics(eval_metrics)
             _write_eval_summaries(writer, step, result, config)
         if due:
-            _check_finite(step, step_metrics, manager)  # Never save a diverged state.
             checkpointing.save(manager, step, state, config, evaluated)
     if previous is not None:
         _check_finite(config.num_train_steps, previous, manager)

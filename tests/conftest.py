@@ -6,6 +6,7 @@ imports jax. Single-device tests build their own one-device mesh.
 
 import os
 import pathlib
+import subprocess
 import sys
 
 # Optimisation level 0 compiles the tiny test models ~5x faster; their run time is negligible.
@@ -50,6 +51,16 @@ def tiny_config():
         return config
 
     return make
+
+
+def convert_cli(*args):
+    """``python -m fcn_jax.convert ARGS`` as a user runs it, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "fcn_jax.convert", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
 
 
 SAMPLES = REPO.parent / "shared" / "voc_samples"

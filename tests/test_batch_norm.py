@@ -22,6 +22,7 @@ from fcn_jax import (
     training,
 )
 from tests.test_models import PARAM_COUNTS, abstract_init
+from tests.test_training import mesh_of, run_steps, train_steps
 
 # torchvision's documented parameter counts of vgg16 and vgg16_bn (ImageNet classifiers).
 TORCHVISION_VGG16, TORCHVISION_VGG16_BN = 138_357_544, 138_365_992
@@ -58,15 +59,8 @@ def test_parameter_counts_match_torchvision_and_mindspore():
     assert "bias" not in params["score_fr"] and "bias" in torchvision["params"]["score_fr"]
 
 
-def train_steps(config, num_devices, num_steps=2):
-    mesh = sharding.make_mesh((num_devices, 1), jax.devices()[:num_devices])
-    programs = steps.compile_steps(config, mesh)
-    state = programs.init(jax.random.key(0))
-    batches = input_pipeline.train_iterator(config)
-    for _ in range(num_steps):
-        batch = sharding.global_batch(next(batches), mesh)
-        state, _ = programs.train_step(state, batch, jax.random.key(1))
-    return jax.device_get(state)
+def state_after_two_steps(config, num_devices):
+    return jax.device_get(run_steps(config, mesh_of((num_devices, 1), num_devices))[0])
 
 
 def test_batch_statistics_are_over_the_global_batch_on_1_or_8_devices(tiny_config):
@@ -77,7 +71,7 @@ def test_batch_statistics_are_over_the_global_batch_on_1_or_8_devices(tiny_confi
         optimizer__name="sgd",
         optimizer__learning_rate=0.05,
     )
-    one, eight = train_steps(config, 1), train_steps(config, 8)
+    one, eight = state_after_two_steps(config, 1), state_after_two_steps(config, 8)
     start = jax.device_get(
         steps.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1])).init(
             jax.random.key(0)
@@ -195,15 +189,5 @@ def test_a_bn_network_learns_the_synthetic_shapes(tiny_config):
         tiny_config, model__base_width=8, model__fc_width=32, batch_size=16, num_train_steps=40
     )
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-    programs = steps.compile_steps(config, mesh)
-    state, batches, losses = (
-        programs.init(jax.random.key(0)),
-        input_pipeline.train_iterator(config),
-        [],
-    )
-    for _ in range(40):
-        state, metrics = programs.train_step(
-            state, sharding.global_batch(next(batches), mesh), jax.random.key(1)
-        )
-        losses.append(float(metrics["loss"]))
+    losses = [float(m["loss"]) for _, m in train_steps(config, mesh, 40)]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses

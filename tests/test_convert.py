@@ -375,25 +375,12 @@ def test_mindspore_checkpoint_errors_name_what_is_wrong(tmp_path):
 
 
 def test_cli_converts_a_torchvision_vgg16_bn_backbone(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
+    from tests.conftest import convert_cli
 
     net = ref.reference_net("fcn8s", batch_norm=True, base_width=B, fc_width=F, seed=10)
     torch.save(ref.to_torchvision(net), tmp_path / "vgg16_bn.pth")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fcn_jax.convert",
-            "--layout=torchvision",
-            f"--input={tmp_path / 'vgg16_bn.pth'}",
-            f"--output={tmp_path / 'w'}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = convert_cli(
+        "--layout=torchvision", f"--input={tmp_path / 'vgg16_bn.pth'}", f"--output={tmp_path / 'w'}"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     variables, meta = convert.load_weights(str(tmp_path / "w"))

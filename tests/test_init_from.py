@@ -131,24 +131,18 @@ def test_init_from_must_be_converted_weights(tiny_config, tmp_path):
 
 
 def test_convert_cli_writes_weights_that_train_reads(tmp_path):
-    import subprocess
-    import sys
+    from tests.conftest import convert_cli
 
     torch = pytest.importorskip("torch", reason="torch comes from requirements-convert.txt")
     params = tiny_params("fcn8s", 4)
     state = to_torch_layout(params, torch.from_numpy)
     torch.save({"model_state_dict": state}, tmp_path / "fcn8s.pth")
-    command = [sys.executable, "-m", "fcn_jax.convert", "--layout=fcn", "--variant=fcn8s"]
-    result = subprocess.run(
-        [
-            *command,
-            "--num_classes=4",
-            f"--input={tmp_path / 'fcn8s.pth'}",
-            f"--output={tmp_path / 'w'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=training.__file__.rsplit("/fcn_jax/", 1)[0],
+    result = convert_cli(
+        "--layout=fcn",
+        "--variant=fcn8s",
+        "--num_classes=4",
+        f"--input={tmp_path / 'fcn8s.pth'}",
+        f"--output={tmp_path / 'w'}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     weights, meta = convert.load_weights(str(tmp_path / "w"))
@@ -166,16 +160,12 @@ def test_convert_cli_writes_weights_that_train_reads(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, weights, params)
 
     (tmp_path / "notes.txt").write_text("not weights")
-    result = subprocess.run(
-        [
-            *command,
-            "--num_classes=4",
-            f"--input={tmp_path / 'notes.txt'}",
-            f"--output={tmp_path / 'x'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=training.__file__.rsplit("/fcn_jax/", 1)[0],
+    result = convert_cli(
+        "--layout=fcn",
+        "--variant=fcn8s",
+        "--num_classes=4",
+        f"--input={tmp_path / 'notes.txt'}",
+        f"--output={tmp_path / 'x'}",
     )
     assert result.returncode != 0
     assert "notes.txt is not a PyTorch state dict file" in result.stderr

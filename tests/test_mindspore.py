@@ -6,8 +6,6 @@ checkpoint, and MindSpore's own logits for two inputs.
 """
 
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ import pytest
 from mindspore_fixtures import encode
 
 from fcn_jax import convert, evaluation, init_from, mindspore_format, models, sharding, steps
-from tests.conftest import REPO
+from tests.conftest import convert_cli
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 CKPT = DATA / "mindspore_fcn8s_tiny.ckpt"
@@ -63,15 +61,6 @@ def save_fixture_weights(path):
         str(path), variables, variant="fcn8s", num_classes=3, normalization="mindspore", **head
     )
     return model, variables
-
-
-def convert_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "fcn_jax.convert", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_cli_writes_weights_that_eval_runs_and_training_starts_from(tiny_config, tmp_path):

@@ -206,26 +206,13 @@ def test_imagenet_resnet_loads_as_the_backbone(seg_net):
 
 @pytest.mark.slow
 def test_cli_converts_torchvision_fcn_resnet_and_imagenet_resnet(seg_net, tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
+    from tests.conftest import convert_cli
 
     torch.save(seg_net.state_dict(), tmp_path / "fcn.pth")
     torch.save(ref.imagenet_resnet_state(seg_net), tmp_path / "resnet50.pth")
     for name in ("fcn", "resnet50"):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fcn_jax.convert",
-                "--layout=torchvision",
-                f"--input={tmp_path / name}.pth",
-                f"--output={tmp_path / name}",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
+        result = convert_cli(
+            "--layout=torchvision", f"--input={tmp_path / name}.pth", f"--output={tmp_path / name}"
         )
         assert result.returncode == 0, result.stderr[-2000:]
     whole = convert.from_torchvision_segmentation(seg_net.state_dict())[1]

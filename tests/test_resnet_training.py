@@ -22,7 +22,7 @@ from fcn_jax import (
     steps,
 )
 from fcn_jax.normalization import normalize
-from tests.test_training import saved_params, train
+from tests.test_training import saved_params, train, train_steps
 
 
 def resnet_config(tiny_config, **overrides):
@@ -126,16 +126,7 @@ def test_inference_takes_the_main_logits_with_tta_and_windows(tiny_config):
 def test_a_narrow_resnet_fcn_learns_the_synthetic_shapes(tiny_config):
     config = resnet_config(tiny_config, model__base_width=8, batch_size=16, num_train_steps=40)
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-    programs = steps.compile_steps(config, mesh)
-    state, batches, losses_ = (
-        programs.init(jax.random.key(0)),
-        input_pipeline.train_iterator(config),
-        [],
-    )
-    for _ in range(40):
-        batch = sharding.global_batch(next(batches), mesh)
-        state, metrics = programs.train_step(state, batch, jax.random.key(1))
-        losses_.append(float(metrics["loss"]))
+    losses_ = [float(m["loss"]) for _, m in train_steps(config, mesh, 40)]
     assert np.mean(losses_[-5:]) < 0.7 * np.mean(losses_[:5]), losses_
 
 

@@ -17,7 +17,8 @@ def mesh_of(shape, num_devices):
     return sharding.make_mesh(shape, devices=jax.devices()[:num_devices])
 
 
-def run_steps(config, mesh, num_steps=2):
+def train_steps(config, mesh, num_steps):
+    """(state, host metrics) after each of ``num_steps`` steps from a fresh state."""
     programs = steps.compile_steps(config, mesh)
     state = programs.init(jax.random.key(0))
     batches = input_pipeline.train_iterator(config)
@@ -25,7 +26,12 @@ def run_steps(config, mesh, num_steps=2):
         state, step_metrics = programs.train_step(
             state, sharding.global_batch(next(batches), mesh), jax.random.key(1)
         )
-    return state, jax.device_get(step_metrics)
+        yield state, jax.device_get(step_metrics)
+
+
+def run_steps(config, mesh, num_steps=2):
+    *_, last = train_steps(config, mesh, num_steps)
+    return last
 
 
 @pytest.mark.parametrize(
