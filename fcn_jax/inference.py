@@ -72,7 +72,13 @@ def _tiled_logits(logits_fn, views, window, stride):
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """The canvas size at ``scale``, never below the FCN minimum."""
+    """The canvas size at ``scale``, never below the FCN minimum.
+
+    Scale 1 is the size itself, untouched: exported programs trace it as symbolic
+    dimensions, which float arithmetic and ``max`` cannot take.
+    """
+    if scale == 1:
+        return height, width
     return tuple(max(models.MIN_INPUT_SIZE, round(s * scale)) for s in (height, width))
 
 

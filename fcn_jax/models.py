@@ -244,7 +244,15 @@ class FC6(nn.Module):
 
 
 def _crop(x, offset: int, like_h: int, like_w: int):
-    return x[:, offset : offset + like_h, offset : offset + like_w, :]
+    """``x[:, offset : offset + like_h, offset : offset + like_w]``, exactly like_h x like_w.
+
+    A dynamic slice of constant start (XLA folds it into a static slice) rather than
+    indexing, which clamps, or ``lax.slice``, which checks bounds: under symbolic sizes
+    (exported programs, fcn_jax.export) JAX can prove neither the clamped size equal to
+    the input's nor the bound.
+    """
+    n, _, _, c = x.shape
+    return jax.lax.dynamic_slice(x, (0, offset, offset, 0), (n, like_h, like_w, c))
 
 
 class FCN(nn.Module):
@@ -298,7 +306,7 @@ class FCN(nn.Module):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"FCN expects images of shape [N, H, W, 3], got {images.shape}")
         n, height, width, _ = images.shape
-        if min(height, width) < MIN_INPUT_SIZE:
+        if height < MIN_INPUT_SIZE or width < MIN_INPUT_SIZE:  # Each decidable when symbolic.
             raise ValueError(
                 f"input of {height}x{width} pixels is smaller than the FCN minimum of "
                 f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}; pad or upscale it"

@@ -35,6 +35,30 @@ def mean_rgb_uint8(mode: str) -> tuple[int, int, int]:
     raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
 
 
+def describe(mode: str) -> dict:
+    """What ``normalize`` does, for readers of exported models: x -> (x[order] / scale - mean) /
+    std per channel, the constants in the order the model sees its channels."""
+    if mode == "caffe":
+        return dict(mode=mode, order="BGR", scale=1.0, mean=list(CAFFE_MEAN_BGR), std=[1.0] * 3)
+    if mode == "torch":
+        return dict(
+            mode=mode,
+            order="RGB",
+            scale=255.0,
+            mean=list(IMAGENET_MEAN_RGB),
+            std=list(IMAGENET_STD_RGB),
+        )
+    if mode == "mindspore":
+        return dict(
+            mode=mode,
+            order="BGR",
+            scale=1.0,
+            mean=list(MINDSPORE_MEAN_BGR),
+            std=list(MINDSPORE_STD_BGR),
+        )
+    raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
+
+
 def normalize(images, mode: str, dtype=jnp.float32):
     """uint8 RGB [..., 3] -> normalised float ``dtype`` as the backbone expects."""
     x = jnp.asarray(images).astype(jnp.float32)
