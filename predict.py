@@ -6,7 +6,9 @@ size) and ``<stem>_overlay.jpg`` (the photo with the classes blended over it and
 a legend). The model is the workdir's ``--checkpoint`` (best by default), or
 ``--config.init_from=WEIGHTS`` converted by ``python -m fcn_jax.convert``. Test-time
 augmentation follows ``--config.inference.*``. Unreadable photos are reported and
-skipped; the exit status is 1 if any photo failed.
+skipped; the exit status is 1 if any photo failed. ``--model=EXPORT/model.onnx`` (or
+``EXPORT/saved_model``), written by export.py, segments with ONNX Runtime or TensorFlow
+instead of the JAX model; its class names come from the export's metadata.
 """
 
 from absl import app, flags
@@ -20,6 +22,7 @@ flags.DEFINE_string("output", None, "Folder for the masks and overlays (created)
 flags.DEFINE_integer(
     "max_size", 1024, "Photos with a longer side are segmented at this size; 0: never resize."
 )
+flags.DEFINE_string("model", None, "An exported model.onnx or saved_model/ (export.py).")
 flags.DEFINE_integer("batch_size", 0, "Photos per batch; 0: dataset.eval_batch_size.")
 flags.mark_flag_as_required("output")
 
@@ -40,6 +43,7 @@ def main(argv):
             max_size=FLAGS.max_size,
             batch_size=FLAGS.batch_size,
             progress=True,
+            model=FLAGS.model,
         )
     total = len(summary.written) + len(summary.failed)
     print(f"Segmented {len(summary.written)} of {total} photos into {FLAGS.output}", flush=True)

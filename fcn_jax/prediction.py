@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from fcn_jax import evaluation, input_pipeline, normalization, photos, sharding
+from fcn_jax import deployed, evaluation, input_pipeline, normalization, photos, sharding
 from fcn_jax import visualize as vis
 
 
@@ -55,6 +55,7 @@ def predict(
     max_size: int = 1024,
     batch_size: int = 0,
     progress: bool = False,
+    model: str | None = None,
 ) -> Summary:
     """Segments every photo named by ``inputs`` (files, folders, globs) into ``output``.
 
@@ -63,7 +64,8 @@ def predict(
     limit) are segmented at that size and the mask scaled back (nearest); with
     ``inference.sliding_window`` canvases larger than dataset.eval_pad_size are
     tiled. ``batch_size`` 0 means dataset.eval_batch_size, at most the number of
-    photos.
+    photos. ``model``, an exported model (fcn_jax.deployed), replaces the restored one:
+    photos of one size are batched together, unpadded, as the artifact takes any size.
     """
     paths, errors = photos.expand_inputs(inputs)
     summary = Summary(failed=list(errors))
@@ -77,10 +79,14 @@ def predict(
         return summary
     if jax.process_count() > 1:
         raise ValueError("predict.py runs on one host; start it without the multi-host flags")
-    restored = evaluation.restore(config, workdir, which)
-    print(f"Segmenting with {restored.source}", flush=True)
-    runner = _Runner(config, restored, len(paths), batch_size)
-    names = vis.class_names(config)
+    wanted = batch_size or min(config.dataset.eval_batch_size, len(paths))
+    if model:
+        runner = _ExportedRunner(deployed.load(model), wanted)
+        names = runner.model.class_names
+    else:
+        runner = _Runner(config, evaluation.restore(config, workdir, which), wanted)
+        names = vis.class_names(config)
+    print(f"Segmenting with {runner.source}", flush=True)
     os.makedirs(output, exist_ok=True)
     inputs_by_key = {photos.same_file_key(p): p for p in paths}
     taken: dict[str, str] = {}  # Output file key -> the input it belongs to.
@@ -178,21 +184,16 @@ def _write(photo: _Photo, mask: np.ndarray, names, output: str) -> None:
     vis.save_image(overlay, overlay_path, quality=90, comment=photos.OUTPUT_MARK)
 
 
-class _Runner:
-    """Gathers photos into fixed-size batches per padded canvas and segments them."""
+class _Batcher:
+    """Gathers photos into batches by a key (a canvas size) and segments each when full."""
 
-    def __init__(self, config, restored, count: int, batch_size: int):
-        self.programs, self.variables = restored.programs, restored.variables
-        data = self.programs.mesh.shape["data"]
-        wanted = batch_size or min(config.dataset.eval_batch_size, count)
-        self.batch_size = -(-wanted // data) * data  # Whole batches for the "data" axis.
-        self.config = config
-        self.mean = normalization.mean_rgb_uint8(config.dataset.normalization)
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
         self.waiting: dict[tuple[int, int], list[_Photo]] = collections.defaultdict(list)
 
     def add(self, photo: _Photo):
         """Queues the photo; returns [(photo, mask)] of a batch when one fills up."""
-        canvas = input_pipeline.eval_canvas(self.config, *photo.size)
+        canvas = self._canvas(photo)
         self.waiting[canvas].append(photo)
         if len(self.waiting[canvas]) < self.batch_size:
             return []
@@ -204,15 +205,61 @@ class _Runner:
             done += self._run(canvas, self.waiting.pop(canvas))
         return done
 
+    def _canvas(self, photo: _Photo) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _run(self, canvas, group: list[_Photo]):
+        raise NotImplementedError
+
+
+def _network_pixels(photo: _Photo) -> np.ndarray:
+    """The photo at the size the network sees."""
+    if photo.pixels.shape[:2] != photo.size:
+        return photos.resize(photo.pixels, *photo.size)
+    return photo.pixels
+
+
+class _Runner(_Batcher):
+    """The restored model: fixed-size batches per padded eval canvas, on the mesh."""
+
+    def __init__(self, config, restored, batch_size: int):
+        self.programs, self.variables = restored.programs, restored.variables
+        data = self.programs.mesh.shape["data"]
+        super().__init__(-(-batch_size // data) * data)  # Whole batches for the "data" axis.
+        self.config, self.source = config, restored.source
+        self.mean = normalization.mean_rgb_uint8(config.dataset.normalization)
+
+    def _canvas(self, photo: _Photo) -> tuple[int, int]:
+        return input_pipeline.eval_canvas(self.config, *photo.size)
+
     def _run(self, canvas, group: list[_Photo]):
         images = np.empty((self.batch_size, *canvas, 3), np.uint8)
         images[:] = self.mean  # Padding, and the unused slots of a last batch.
         for i, photo in enumerate(group):
             h, w = photo.size
-            pixels = photo.pixels
-            if pixels.shape[:2] != (h, w):
-                pixels = photos.resize(pixels, h, w)
-            images[i, :h, :w] = pixels
+            images[i, :h, :w] = _network_pixels(photo)
         batch = sharding.global_batch({"image": images}, self.programs.mesh)["image"]
         preds = np.asarray(jax.device_get(self.programs.predict_step(self.variables, batch)))
         return [(p, preds[i, : p.size[0], : p.size[1]]) for i, p in enumerate(group)]
+
+
+class _ExportedRunner(_Batcher):
+    """An exported model (any size): photos of one network size batched as they are; a photo
+    below the model's minimum is padded with its mean colour, as eval canvases are, and its mask
+    cropped back."""
+
+    def __init__(self, model: deployed.Deployed, batch_size: int):
+        super().__init__(batch_size)
+        self.model, self.source = model, model.source
+
+    def _canvas(self, photo: _Photo) -> tuple[int, int]:
+        return tuple(max(s, m) for s, m in zip(photo.size, self.model.min_size))
+
+    def _run(self, canvas, group: list[_Photo]):
+        images = np.empty((len(group), *canvas, 3), np.uint8)
+        images[:] = normalization.mean_rgb_uint8(self.model.meta["normalization"]["mode"])
+        for i, photo in enumerate(group):
+            h, w = photo.size
+            images[i, :h, :w] = _network_pixels(photo)
+        classes = self.model(images)
+        return [(p, classes[i, : p.size[0], : p.size[1]]) for i, p in enumerate(group)]

@@ -207,3 +207,26 @@ def test_a_failed_format_writes_nothing(tiny_config, tmp_path, monkeypatch):
     with pytest.raises(export.ExportError, match="saved_model export failed: .*layer fc6"):
         export.export(exporter, ["stablehlo", "saved_model"], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_segments_with_an_exported_model(exported, tiny_config, real_photos, tmp_path):
+    """predict.py --model: masks of the photos' size equal to the Flax model's classes, and
+    overlays, from the SavedModel alone."""
+    from PIL import Image
+
+    from fcn_jax import prediction
+
+    config, variables, out = exported("vgg_same", tiny_config)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, images in enumerate(real_photos):
+        Image.fromarray(images[0]).save(folder / f"shot{i}.png")
+    summary = prediction.predict(
+        config, None, "best", [str(folder)], str(tmp_path / "out"), model=str(out / "saved_model")
+    )
+    assert summary.failed == [] and len(summary.written) == 2
+    for i, images in enumerate(real_photos):
+        mask = np.asarray(Image.open(tmp_path / "out" / f"shot{i}.png"))
+        want, _ = flax_outputs(config, variables, images)
+        assert mask.shape == images.shape[1:3] and np.mean(mask == want[0]) >= 0.999
+        assert (tmp_path / "out" / f"shot{i}_overlay.jpg").is_file()
