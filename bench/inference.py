@@ -3,16 +3,26 @@
     python bench/inference.py                         # FCN-8s `same`, batch 1, 512x512 canvas
     python bench/inference.py --geometry=caffe --dtype=bfloat16 --batch=8   # on a GPU
     python bench/inference.py --backbone=resnet50   # fcn_resnet50 (its aux head unused)
+    python bench/inference.py --runtimes          # deployment runtimes, batch 1 and 8
 
 Times the real jitted ``predict_step`` of fcn_jax.steps (the eval step minus
 the confusion matrix) on a padded eval canvas for: one view, flip, and flip with
 the six scales 0.5 ... 1.75. FLOPs are XLA's cost analysis of the single view's HLO,
 times the settings' total view area (the analysis counts a ``lax.map`` body once);
 the peak is the matmul peak of bench/peak.py. One JSON line per setting.
+
+``--runtimes`` instead times one model, the full-width FCN-8s (``caffe``) with the
+random weights of tests/torch_reference.py's network converted by fcn_jax.convert,
+in each runtime: Flax under jit, the exported SavedModel (and ONNX Runtime when
+``--formats`` has onnx), and PyTorch eager on the reference network itself; each
+takes uint8 images and returns the classes and scores. One JSON line per runtime
+and batch size.
 """
 
 import json
+import pathlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import peak as peak_lib  # noqa: E402
 from configs import default  # noqa: E402
-from fcn_jax import sharding, steps  # noqa: E402
+from fcn_jax import convert, export, normalization, sharding, steps  # noqa: E402
 
 SETTINGS = {
     "single view": dict(flip=False, scales=(1.0,)),
@@ -39,6 +49,9 @@ flags.DEFINE_integer("size", 512, "Square eval canvas (dataset.eval_pad_size).")
 flags.DEFINE_string("dtype", "float32", "float32 | bfloat16 compute.")
 flags.DEFINE_list("settings", list(SETTINGS), "Settings to measure.")
 flags.DEFINE_integer("repeats", 3, "Timed runs after one warm-up run.")
+flags.DEFINE_bool("runtimes", False, "Compare the deployment runtimes instead.")
+flags.DEFINE_list("batches", ["1", "8"], "Batch sizes for --runtimes.")
+flags.DEFINE_list("formats", ["saved_model"], "Exported formats timed by --runtimes.")
 FLAGS = flags.FLAGS
 
 
@@ -91,8 +104,82 @@ def bench_setting(name: str, peak: float, single_view_flops: float | None) -> di
     }
 
 
+def _median_seconds(fn, images) -> float:
+    fn(images)  # Warm-up (and compilation).
+    times = []
+    for _ in range(FLAGS.repeats):
+        t = time.perf_counter()
+        fn(images)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def torch_runner(net):
+    """PyTorch eager on the reference network, with the same normalisation and outputs."""
+    import torch
+
+    mean = torch.tensor(normalization.CAFFE_MEAN_BGR, dtype=torch.float32)
+
+    def run(images):
+        with torch.inference_mode():
+            x = torch.from_numpy(images).float().flip(-1) - mean  # RGB -> BGR, minus the mean.
+            scores = net(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return scores.argmax(-1).to(torch.uint8).numpy(), scores.numpy()
+
+    return run
+
+
+def runtime_runners(folder: pathlib.Path):
+    """{name: uint8 images -> (classes, scores) as numpy}, the same weights in every one."""
+    import tensorflow as tf
+
+    from tests import torch_reference
+
+    net = torch_reference.reference_net("fcn8s", base_width=64, fc_width=4096, seed=0)
+    params = convert.from_torch_state_dict(net.state_dict(), "fcn8s")
+    config = default.get_config()
+    config.model.geometry, config.dataset.normalization = "caffe", "caffe"
+    variables = {"params": params, "batch_stats": {}}
+    exporter = export.Exporter(config, variables, "bench: torch_reference fcn8s, seed 0")
+    written = export.export(exporter, FLAGS.formats, folder / "export")
+    flax = jax.jit(exporter.bound())
+    runners = {"flax_jit": lambda x: jax.block_until_ready(flax(x))}
+    if "saved_model" in written:
+        serve = tf.saved_model.load(written["saved_model"]).signatures[export.SIGNATURE]
+        runners["saved_model"] = lambda x: {k: v.numpy() for k, v in serve(images=x).items()}
+    if "onnx" in written:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(written["onnx"], providers=["CPUExecutionProvider"])
+        runners["onnxruntime"] = lambda x: session.run(None, {export.INPUT_NAME: x})
+    runners["torch_eager"] = torch_runner(net)
+    return runners
+
+
+def bench_runtimes() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        runners = runtime_runners(pathlib.Path(folder))
+        for batch in map(int, FLAGS.batches):
+            images = np.random.default_rng(0).integers(
+                0, 256, (batch, FLAGS.size, FLAGS.size, 3), np.uint8
+            )
+            for name, run in runners.items():
+                run_s = _median_seconds(run, images)
+                record = {
+                    "runtime": name,
+                    "batch": batch,
+                    "size": FLAGS.size,
+                    "latency_ms_per_image": round(1000 * run_s / batch, 1),
+                    "images_per_sec": round(batch / run_s, 3),
+                }
+                print(json.dumps(record), flush=True)
+
+
 def main(argv):
     del argv
+    if FLAGS.runtimes:
+        bench_runtimes()
+        return
     peak = peak_lib.matmul_peak(jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32)
     single = bench_setting("single view", peak, None)
     print(json.dumps(single), flush=True)
