@@ -139,6 +139,7 @@ def runtime_runners(folder: pathlib.Path):
     params = convert.from_torch_state_dict(net.state_dict(), "fcn8s")
     config = default.get_config()
     config.model.geometry, config.dataset.normalization = "caffe", "caffe"
+    config.dataset.name = "voc_sbd"  # Its 21 class names, for the metadata.
     variables = {"params": params, "batch_stats": {}}
     exporter = export.Exporter(config, variables, "bench: torch_reference fcn8s, seed 0")
     written = export.export(exporter, FLAGS.formats, folder / "export")
