@@ -13,10 +13,11 @@ the peak is the matmul peak of bench/peak.py. One JSON line per setting.
 
 ``--runtimes`` instead times one model, the full-width FCN-8s (``caffe``) with the
 random weights of tests/torch_reference.py's network converted by fcn_jax.convert,
-in each runtime: Flax under jit, the exported SavedModel (and ONNX Runtime when
-``--formats`` has onnx), and PyTorch eager on the reference network itself; each
-takes uint8 images and returns the classes and scores. One JSON line per runtime
-and batch size.
+in each runtime: Flax under jit, the exported SavedModel and ONNX model (``--formats``),
+and PyTorch eager on the reference network itself; each takes uint8 images and
+returns the classes and scores. One JSON line per runtime and batch size, with each
+runtime's agreement with Flax on that batch (classes equal, score difference over the
+largest score).
 """
 
 import json
@@ -51,7 +52,7 @@ flags.DEFINE_list("settings", list(SETTINGS), "Settings to measure.")
 flags.DEFINE_integer("repeats", 3, "Timed runs after one warm-up run.")
 flags.DEFINE_bool("runtimes", False, "Compare the deployment runtimes instead.")
 flags.DEFINE_list("batches", ["1", "8"], "Batch sizes for --runtimes.")
-flags.DEFINE_list("formats", ["saved_model"], "Exported formats timed by --runtimes.")
+flags.DEFINE_list("formats", ["saved_model", "onnx"], "Exported formats timed by --runtimes.")
 FLAGS = flags.FLAGS
 
 
@@ -104,14 +105,15 @@ def bench_setting(name: str, peak: float, single_view_flops: float | None) -> di
     }
 
 
-def _median_seconds(fn, images) -> float:
-    fn(images)  # Warm-up (and compilation).
+def _median_seconds(fn, images) -> tuple[float, tuple]:
+    """(median seconds of the timed runs, the outputs of the warm-up run)."""
+    outputs = fn(images)  # Warm-up (and compilation).
     times = []
     for _ in range(FLAGS.repeats):
         t = time.perf_counter()
         fn(images)
         times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median(times)), tuple(np.asarray(o) for o in outputs)
 
 
 def torch_runner(net):
@@ -147,7 +149,9 @@ def runtime_runners(folder: pathlib.Path):
     runners = {"flax_jit": lambda x: jax.block_until_ready(flax(x))}
     if "saved_model" in written:
         serve = tf.saved_model.load(written["saved_model"]).signatures[export.SIGNATURE]
-        runners["saved_model"] = lambda x: {k: v.numpy() for k, v in serve(images=x).items()}
+        runners["saved_model"] = lambda x: tuple(
+            serve(images=x)[k].numpy() for k in export.OUTPUT_NAMES
+        )
     if "onnx" in written:
         import onnxruntime
 
@@ -164,14 +168,21 @@ def bench_runtimes() -> None:
             images = np.random.default_rng(0).integers(
                 0, 256, (batch, FLAGS.size, FLAGS.size, 3), np.uint8
             )
+            reference = None
             for name, run in runners.items():
-                run_s = _median_seconds(run, images)
+                run_s, (classes, scores) = _median_seconds(run, images)
+                if reference is None:  # Flax, the first runner.
+                    reference = classes, scores
                 record = {
                     "runtime": name,
                     "batch": batch,
                     "size": FLAGS.size,
                     "latency_ms_per_image": round(1000 * run_s / batch, 1),
                     "images_per_sec": round(batch / run_s, 3),
+                    "classes_equal_to_flax": float(np.mean(classes == reference[0])),
+                    "score_diff_vs_flax": float(
+                        np.abs(scores - reference[1]).max() / np.abs(reference[1]).max()
+                    ),
                 }
                 print(json.dumps(record), flush=True)
 

@@ -8,18 +8,20 @@ import re
 import sys
 import traceback
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 
 
-def define_flags(workdir_help: str, workdir_required: bool = True) -> None:
+def define_flags(
+    workdir_help: str, workdir_required: bool = True, config_required: bool = True
+) -> None:
     """--config, --workdir and the multi-host flags, shared by the entry points."""
     config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
     flags.DEFINE_string("workdir", None, workdir_help)
-    flags.mark_flags_as_required(["config", "workdir"] if workdir_required else ["config"])
+    required = ["config"] if config_required else []
+    flags.mark_flags_as_required(required + ["workdir"] if workdir_required else required)
     flags.DEFINE_string(
         "coordinator_address", None, "HOST:PORT of process 0, for several hosts (multi-host)."
     )
@@ -40,6 +42,8 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
             "--coordinator_address, --num_processes and --process_id go together; got "
             f"{coordinator_address!r}, {num_processes!r}, {process_id!r}"
         )
+    import jax
+
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address is not None:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
@@ -120,20 +124,36 @@ def clear_errors():
     a damaged checkpoint, divergence, the accelerator's errors (out of memory) exit 1
     with ``error: ...`` (the stack goes to debug logging); a preempted run exits with
     128 + the signal, having logged where it saved."""
-    import tensorflow as tf
-
-    from fcn_jax import preemption
-
     try:
         yield
-    except preemption.Preempted as e:
-        sys.exit(e.exit_code)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         logging.debug("%s", traceback.format_exc())
         sys.exit(f"error: {e}")
-    except tf.errors.OpError as e:  # Bad data met inside tf.data (e.g. a label file).
+    except Exception as e:
+        preempted = _loaded("fcn_jax.preemption", "Preempted")
+        if preempted and isinstance(e, preempted):
+            sys.exit(e.exit_code)
+        message = _runtime_error(e)
+        if message is None:
+            raise
         logging.debug("%s", traceback.format_exc())
-        sys.exit(f"error: {e.message}")
-    except jax.errors.JaxRuntimeError as e:  # Out of memory, a device fault.
-        logging.debug("%s", traceback.format_exc())
-        sys.exit(f"error: {str(e).splitlines()[0]}")
+        sys.exit(f"error: {message}")
+
+
+def _loaded(module: str, name: str):
+    """``module.name`` if the module is loaded, else None: an error type of a module never
+    imported cannot have been raised, and predict.py --model runs without JAX or TF."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name) if loaded else None
+
+
+def _runtime_error(e: Exception) -> str | None:
+    """The line to print for bad data met inside tf.data (e.g. a label file) or the
+    accelerator's errors (out of memory, a device fault); None for any other error."""
+    op_error = _loaded("tensorflow", "errors")
+    if op_error and isinstance(e, op_error.OpError):
+        return e.message
+    jax_errors = _loaded("jax", "errors")
+    if jax_errors and isinstance(e, jax_errors.JaxRuntimeError):
+        return str(e).splitlines()[0]
+    return None

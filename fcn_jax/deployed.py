@@ -16,7 +16,8 @@ METADATA = "fcn_jax_export.json"  # fcn_jax.export.METADATA, which imports JAX.
 
 
 class Deployed:
-    """An exported model and its metadata (class names, palette, minimum size)."""
+    """An exported model and its metadata (class names, palette, minimum size, and the
+    colour to pad smaller photos with)."""
 
     def __init__(self, path):
         path = pathlib.Path(path)
@@ -26,6 +27,7 @@ class Deployed:
         self.meta = json.loads(meta_path.read_text())
         self.class_names = tuple(self.meta["class_names"])
         self.min_size = tuple(self.meta["min_input_size"])
+        self.pad_rgb = tuple(self.meta["normalization"]["pad_rgb"])
         self.source = f"exported model {path} (from {self.meta['source']})"
         input_name = self.meta["input"]["name"]
         if path.suffix == ".onnx":

@@ -44,10 +44,16 @@ def _starts(size: int, window: int, stride: int) -> list[int]:
     return [*range(0, size - window, stride), size - window]
 
 
+def _index(xs, i: int):
+    """``xs[i]`` as a static slice: plain indexing becomes a gather when the other sizes
+    are symbolic (exported programs, fcn_jax.export), which formats like ONNX map poorly."""
+    return jax.lax.index_in_dim(xs, i, keepdims=False)
+
+
 def _map(fn, xs):
     """fn over the leading axis: one model body however many views there are."""
     if xs.shape[0] == 1:
-        return fn(xs[0])[None]
+        return fn(_index(xs, 0))[None]
     return jax.lax.map(fn, xs)
 
 
@@ -115,10 +121,10 @@ def predict_scores(
         x = images
         if size != (height, width):
             x = jax.image.resize(images, (batch, *size, images.shape[-1]), "bilinear")
-        views = jnp.stack([x, x[:, :, ::-1]]) if flip else x[None]
+        views = jnp.stack([x, jnp.flip(x, 2)]) if flip else x[None]
         logits = _tiled_logits(logits_fn, views, window, stride)
         if flip:
-            logits = jnp.stack([logits[0], logits[1][:, :, ::-1]])
+            logits = jnp.stack([_index(logits, 0), jnp.flip(_index(logits, 1), 2)])
         if size != (height, width):
             logits = jax.image.resize(
                 logits.astype(jnp.float32),
@@ -126,7 +132,7 @@ def predict_scores(
                 "bilinear",
             )
         if len(scales) * views_per_scale == 1:
-            return logits[0]
+            return _index(logits, 0)
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).sum(axis=0)
         total = probs if total is None else total + probs
     return total / (len(scales) * views_per_scale)

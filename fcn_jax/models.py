@@ -336,9 +336,11 @@ class FCN(nn.Module):
                 if self.backbone == "vgg16_bn":
                     x = norm(x, name)
                 x = nn.relu(x)
-            # Ceil-mode pooling (Caffe): a partial last window still yields a cell.
-            h, w = x.shape[1:3]
-            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, h % 2), (0, w % 2)))
+            # Ceil-mode pooling (Caffe): a partial last window still yields a cell. One row
+            # and column of -inf after the map give exactly that at every size (an even map
+            # never reaches them), with padding that does not depend on the size: exported
+            # programs of symbolic sizes (fcn_jax.export) keep a plain pooling op.
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, 1), (0, 1)))
             pools[f"pool{stage}"] = x
 
         fc6 = FC6(self.fc_width, 0 if caffe else 3, self.fc6_impl, self.dtype, bias, name="fc6")

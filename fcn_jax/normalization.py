@@ -37,37 +37,35 @@ def mean_rgb_uint8(mode: str) -> tuple[int, int, int]:
 
 def describe(mode: str) -> dict:
     """What ``normalize`` does, for readers of exported models: x -> (x[order] / scale - mean) /
-    std per channel, the constants in the order the model sees its channels."""
-    if mode == "caffe":
-        return dict(mode=mode, order="BGR", scale=1.0, mean=list(CAFFE_MEAN_BGR), std=[1.0] * 3)
-    if mode == "torch":
-        return dict(
-            mode=mode,
-            order="RGB",
-            scale=255.0,
-            mean=list(IMAGENET_MEAN_RGB),
-            std=list(IMAGENET_STD_RGB),
-        )
-    if mode == "mindspore":
-        return dict(
-            mode=mode,
-            order="BGR",
-            scale=1.0,
-            mean=list(MINDSPORE_MEAN_BGR),
-            std=list(MINDSPORE_STD_BGR),
-        )
-    raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
+    std per channel, the constants in the order the model sees its channels; ``pad_rgb``,
+    the uint8 RGB colour that normalises to about 0, to pad photos with."""
+    constants = {
+        "caffe": ("BGR", 1.0, list(CAFFE_MEAN_BGR), [1.0] * 3),
+        "torch": ("RGB", 255.0, list(IMAGENET_MEAN_RGB), list(IMAGENET_STD_RGB)),
+        "mindspore": ("BGR", 1.0, list(MINDSPORE_MEAN_BGR), list(MINDSPORE_STD_BGR)),
+    }
+    if mode not in constants:
+        raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
+    order, scale, mean, std = constants[mode]
+    return dict(
+        mode=mode,
+        order=order,
+        scale=scale,
+        mean=mean,
+        std=std,
+        pad_rgb=list(mean_rgb_uint8(mode)),
+    )
 
 
 def normalize(images, mode: str, dtype=jnp.float32):
     """uint8 RGB [..., 3] -> normalised float ``dtype`` as the backbone expects."""
     x = jnp.asarray(images).astype(jnp.float32)
     if mode == "caffe":
-        x = x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+        x = jnp.flip(x, -1) - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
     elif mode == "torch":
         x = (x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB)) / jnp.asarray(IMAGENET_STD_RGB)
     elif mode == "mindspore":
-        x = (x[..., ::-1] - jnp.asarray(MINDSPORE_MEAN_BGR)) / jnp.asarray(MINDSPORE_STD_BGR)
+        x = (jnp.flip(x, -1) - jnp.asarray(MINDSPORE_MEAN_BGR)) / jnp.asarray(MINDSPORE_STD_BGR)
     else:
         raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
     return x.astype(dtype)

@@ -8,6 +8,9 @@ pool while the device runs; photos with the same padded size share batches.
 A file that cannot be read or written is reported by name and skipped. Outputs
 never replace an input photo, and carry a mark (``photos.OUTPUT_MARK``) so that a
 later run over the same folder skips them instead of segmenting its own masks.
+
+JAX, TensorFlow and the training code load only for the JAX model: with an exported
+model (fcn_jax.deployed) this runs where only numpy, PIL and the model's runtime are.
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ import dataclasses
 import os
 import sys
 
-import jax
 import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from fcn_jax import deployed, evaluation, input_pipeline, normalization, photos, sharding
+from fcn_jax import deployed, photos
 from fcn_jax import visualize as vis
 
 
@@ -63,9 +65,10 @@ def predict(
     or config.init_from). Photos with a longer side than ``max_size`` (0: no
     limit) are segmented at that size and the mask scaled back (nearest); with
     ``inference.sliding_window`` canvases larger than dataset.eval_pad_size are
-    tiled. ``batch_size`` 0 means dataset.eval_batch_size, at most the number of
-    photos. ``model``, an exported model (fcn_jax.deployed), replaces the restored one:
-    photos of one size are batched together, unpadded, as the artifact takes any size.
+    tiled. ``batch_size`` 0 means dataset.eval_batch_size (1 without a config), at
+    most the number of photos. ``model``, an exported model (fcn_jax.deployed),
+    replaces the restored one and the config: photos of one size are batched
+    together, unpadded, as the artifact takes any size.
     """
     paths, errors = photos.expand_inputs(inputs)
     summary = Summary(failed=list(errors))
@@ -77,14 +80,12 @@ def predict(
         paths = [p for p in paths if p not in ours]
     if not paths:
         return summary
-    if jax.process_count() > 1:
-        raise ValueError("predict.py runs on one host; start it without the multi-host flags")
-    wanted = batch_size or min(config.dataset.eval_batch_size, len(paths))
+    wanted = batch_size or min(config.dataset.eval_batch_size if config else 1, len(paths))
     if model:
         runner = _ExportedRunner(deployed.load(model), wanted)
         names = runner.model.class_names
     else:
-        runner = _Runner(config, evaluation.restore(config, workdir, which), wanted)
+        runner = _Runner(config, workdir, which, wanted)
         names = vis.class_names(config)
     print(f"Segmenting with {runner.source}", flush=True)
     os.makedirs(output, exist_ok=True)
@@ -220,9 +221,17 @@ def _network_pixels(photo: _Photo) -> np.ndarray:
 
 
 class _Runner(_Batcher):
-    """The restored model: fixed-size batches per padded eval canvas, on the mesh."""
+    """The restored model: fixed-size batches per padded eval canvas, on the mesh. (It
+    imports JAX and the training code itself, so that the exported models' path never does.)"""
 
-    def __init__(self, config, restored, batch_size: int):
+    def __init__(self, config, workdir, which, batch_size: int):
+        import jax
+
+        from fcn_jax import evaluation, normalization
+
+        if jax.process_count() > 1:
+            raise ValueError("predict.py runs on one host; start it without the multi-host flags")
+        restored = evaluation.restore(config, workdir, which)
         self.programs, self.variables = restored.programs, restored.variables
         data = self.programs.mesh.shape["data"]
         super().__init__(-(-batch_size // data) * data)  # Whole batches for the "data" axis.
@@ -230,6 +239,8 @@ class _Runner(_Batcher):
         self.mean = normalization.mean_rgb_uint8(config.dataset.normalization)
 
     def _canvas(self, photo: _Photo) -> tuple[int, int]:
+        from fcn_jax import input_pipeline
+
         return input_pipeline.eval_canvas(self.config, *photo.size)
 
     def _run(self, canvas, group: list[_Photo]):
@@ -238,6 +249,10 @@ class _Runner(_Batcher):
         for i, photo in enumerate(group):
             h, w = photo.size
             images[i, :h, :w] = _network_pixels(photo)
+        import jax
+
+        from fcn_jax import sharding
+
         batch = sharding.global_batch({"image": images}, self.programs.mesh)["image"]
         preds = np.asarray(jax.device_get(self.programs.predict_step(self.variables, batch)))
         return [(p, preds[i, : p.size[0], : p.size[1]]) for i, p in enumerate(group)]
@@ -257,7 +272,7 @@ class _ExportedRunner(_Batcher):
 
     def _run(self, canvas, group: list[_Photo]):
         images = np.empty((len(group), *canvas, 3), np.uint8)
-        images[:] = normalization.mean_rgb_uint8(self.model.meta["normalization"]["mode"])
+        images[:] = self.model.pad_rgb
         for i, photo in enumerate(group):
             h, w = photo.size
             images[i, :h, :w] = _network_pixels(photo)

@@ -1,7 +1,9 @@
 """export: every format gives the Flax model's classes and scores on real photos of two sizes
 through one loaded artifact; StableHLO runs without fcn_jax; a failed export writes nothing."""
 
+import importlib.util
 import json
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcn_jax import export, photos, steps
+from fcn_jax import export, onnx_export, photos, steps
 from tests.test_photos import pick_sample
 
 FAMILIES = {
@@ -91,7 +93,7 @@ def run_onnx(path, images):
 
 
 RUNNERS = {"stablehlo": run_stablehlo, "saved_model": run_saved_model, "onnx": run_onnx}
-TOOLS = {"stablehlo": "jax", "saved_model": "tensorflow", "onnx": "jax2onnx"}
+TOOLS = {"stablehlo": "jax", "saved_model": "tensorflow", "onnx": "onnxruntime"}
 
 
 def check_parity(config, variables, artifact, run, shots, flip=False):
@@ -113,7 +115,7 @@ def check_parity(config, variables, artifact, run, shots, flip=False):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """family -> (config, variables, output folder of stablehlo and saved_model), once each."""
+    """family -> (config, variables, output folder of every format), once each."""
     made = {}
 
     def get(family, tiny_config):
@@ -122,7 +124,8 @@ def exported(tmp_path_factory):
             variables = trained_looking(config)
             out = tmp_path_factory.mktemp(family) / "export"
             exporter = export.Exporter(config, variables, f"test {family}")
-            export.export(exporter, ["stablehlo", "saved_model"], out)
+            formats = [f for f in export.FORMATS if importlib.util.find_spec(TOOLS[f])]
+            export.export(exporter, formats, out)
             made[family] = config, variables, out
         return made[family]
 
@@ -135,7 +138,7 @@ def family_params():
     ]
 
 
-@pytest.mark.parametrize("fmt", ["stablehlo", "saved_model"])
+@pytest.mark.parametrize("fmt", export.FORMATS)
 @pytest.mark.parametrize("family", family_params())
 def test_artifact_matches_the_flax_model(family, fmt, exported, tiny_config, real_photos):
     pytest.importorskip(TOOLS[fmt], reason=f"{TOOLS[fmt]} exports {fmt}")
@@ -147,13 +150,19 @@ def test_artifact_matches_the_flax_model(family, fmt, exported, tiny_config, rea
 
 
 def test_metadata_describes_the_artifacts(exported, tiny_config):
+    pytest.importorskip("onnxruntime", reason="requirements-export.txt: the ONNX artifact")
     config, _, out = exported("vgg_same", tiny_config)
     meta = json.loads((out / export.METADATA).read_text())
-    assert meta["artifacts"] == {"stablehlo": "model.stablehlo", "saved_model": "saved_model"}
+    assert meta["artifacts"] == {
+        "onnx": "model.onnx",
+        "saved_model": "saved_model",
+        "stablehlo": "model.stablehlo",
+    }
     assert meta["scores"] == "logits" and meta["min_input_size"] == [32, 32]
     assert meta["class_names"] == ["background", "circle", "square", "triangle"]
     assert meta["palette"][1] == [128, 0, 0]
     assert meta["normalization"]["mode"] == "caffe" and meta["normalization"]["order"] == "BGR"
+    assert meta["normalization"]["pad_rgb"] == [123, 117, 104]
     assert meta["outputs"]["scores"]["shape"] == ["N", "H", "W", config.model.num_classes]
     assert meta["source"] == "test vgg_same"
 
@@ -230,3 +239,61 @@ def test_predict_segments_with_an_exported_model(exported, tiny_config, real_pho
         want, _ = flax_outputs(config, variables, images)
         assert mask.shape == images.shape[1:3] and np.mean(mask == want[0]) >= 0.999
         assert (tmp_path / "out" / f"shot{i}_overlay.jpg").is_file()
+
+
+def test_predict_runs_an_onnx_model_without_jax_or_tensorflow(
+    exported, tiny_config, real_photos, tmp_path
+):
+    """predict.py --model=model.onnx with JAX, TensorFlow and the training libraries made
+    unimportable: the masks are still the Flax model's classes."""
+    pytest.importorskip("onnxruntime", reason="requirements-export.txt: the ONNX artifact")
+    from PIL import Image
+
+    config, variables, out = exported("vgg_same", tiny_config)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(real_photos[1][0]).save(folder / "shot.png")
+    blocked = ["jax", "jaxlib", "flax", "optax", "orbax", "tensorflow", "tensorflow_datasets"]
+    script = textwrap.dedent(
+        f"""
+        import runpy, sys
+        for name in {blocked!r}:
+            sys.modules[name] = None  # "import name" raises ImportError.
+        sys.argv = ["predict.py", "--model={out / "model.onnx"}", "--output={tmp_path / "out"}",
+                    "{folder}"]
+        runpy.run_path("predict.py", run_name="__main__")
+        """
+    )
+    root = pathlib.Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    mask = np.asarray(Image.open(tmp_path / "out" / "shot.png"))
+    want, _ = flax_outputs(config, variables, real_photos[1])
+    assert np.mean(mask == want[0]) >= 0.999
+
+
+def test_onnx_names_a_primitive_it_cannot_translate():
+    spec = jax.ShapeDtypeStruct((2, 3), jnp.float32)
+    with pytest.raises(NotImplementedError, match="'cumsum' .*test_export.py"):
+        onnx_export.to_onnx(lambda x: jnp.cumsum(x, 0), spec, "x", ["y"])
+
+
+@pytest.mark.slow
+def test_full_size_fcn8s_exports_to_onnx(tiny_config, real_photos, tmp_path):
+    """The real VGG-16 FCN-8s (134M parameters, caffe geometry), its score layers random:
+    the ONNX graph gives the Flax model's classes on photos of two sizes."""
+    pytest.importorskip("onnxruntime", reason="requirements-export.txt: the ONNX artifact")
+    config = tiny_config(model__geometry="caffe", dataset__normalization="caffe")
+    config.model.base_width, config.model.fc_width = 64, 4096
+    model = steps.build_model(config)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    rng = np.random.default_rng(0)
+    for name, layer in params.items():
+        if name.startswith("score"):
+            layer["kernel"] = rng.normal(0, 0.05, layer["kernel"].shape).astype(np.float32)
+    variables = {"params": params, "batch_stats": {}}
+    out = tmp_path / "export"
+    export.export(export.Exporter(config, variables, "full size"), ["onnx"], out)
+    check_parity(config, variables, out / "model.onnx", run_onnx, real_photos)
