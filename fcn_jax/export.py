@@ -14,9 +14,9 @@ what the model is):
   * SavedModel: ``jax2tf`` (native serialization: the same StableHLO inside an
     XlaCallModule op) with a ``serving_default`` signature for TF Serving; the
     weights are tf.Variables, not constants in the graph.
-  * ONNX: ``jax2onnx``, which maps each JAX primitive to ONNX operators. (jax2tf +
-    tf2onnx cannot: tf2onnx does not read XlaCallModule, and jax2tf's graph
-    serialization is gone from JAX.)
+  * ONNX: fcn_jax.onnx_export translates the program's jaxpr into ONNX operators, its
+    symbolic sizes into ONNX arithmetic on the input's shape (why not jax2onnx or
+    jax2tf + tf2onnx: that module's docstring).
 
 A folder is written beside the artifacts' metadata (``METADATA``), into a hidden
 temporary folder renamed to ``output`` only once every format succeeded.

@@ -100,6 +100,10 @@ class Translator:
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.symbols: dict[str, str] = {}  # "h" -> an int64[1] tensor of that size.
         self._dims: dict[str, str] = {}
+        # id(array) -> (array, its initializer): a constant used twice (the weights in
+        # each unrolled scan step) is stored once. The array is held so its id stays its own.
+        self._stored: dict[tuple, tuple[np.ndarray, str]] = {}
+        self._folded: dict[tuple, tuple] = {}  # Holding the keys' objects, as _stored.
         self._names = itertools.count()
         self._where = ""
 
@@ -117,9 +121,17 @@ class Translator:
         self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
         return name
 
+    def stored(self, array: np.ndarray, layout: tuple | None = None) -> str:
+        """The initializer of ``array`` (transposed to ``layout`` if given), made once."""
+        key = (id(array), layout)
+        if key not in self._stored:
+            value = array if layout is None else np.transpose(array, layout)
+            self._stored[key] = (array, self.const(value, "weight"))
+        return self._stored[key][1]
+
     def name(self, v: Val) -> str:
         """The ONNX tensor of ``v`` (lazy broadcasts stay lazy: for elementwise use)."""
-        return self.const(v.ref) if isinstance(v.ref, np.ndarray) else v.ref
+        return self.stored(v.ref) if isinstance(v.ref, np.ndarray) else v.ref
 
     def full(self, v: Val) -> str:
         """The ONNX tensor of ``v`` at its whole shape."""
@@ -193,9 +205,13 @@ class Translator:
         prim, params = eqn.primitive.name, eqn.params
         avals = [v.aval for v in eqn.outvars]
         if _foldable(prim, ins, avals):
-            outs = eqn.primitive.bind(*[v.ref for v in ins], **params)
-            outs = outs if eqn.primitive.multiple_results else [outs]
-            return [_constant(o) for o in outs]
+            # Once per equation and inputs: an unrolled scan folds its weights' layouts once.
+            key = (id(eqn), *(id(v.ref) for v in ins))
+            if key not in self._folded:
+                outs = eqn.primitive.bind(*[v.ref for v in ins], **params)
+                outs = outs if eqn.primitive.multiple_results else [outs]
+                self._folded[key] = (eqn, ins, [_constant(o) for o in outs])
+            return self._folded[key][2]
         if prim in SUBPROGRAMS:
             closed = next(params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in params)
             inner = getattr(closed, "jaxpr", closed)
@@ -393,7 +409,7 @@ class Translator:
         lhs_spec, rhs_spec, out_spec = dimension_numbers
         x = self.node("Transpose", [self.full(lhs)], perm=list(lhs_spec))
         if rhs.constant:  # OIHW weights, laid out here once.
-            kernel = self.const(np.transpose(rhs.ref, rhs_spec), "kernel")
+            kernel = self.stored(rhs.ref, tuple(rhs_spec))
         else:
             kernel = self.node("Transpose", [self.full(rhs)], perm=list(rhs_spec))
         pads = [lo for lo, _ in padding] + [hi for _, hi in padding]

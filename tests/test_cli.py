@@ -245,3 +245,22 @@ def test_two_processes_preempted_and_resumed_train_like_one(tmp_path, tiny_confi
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), one, two)
     moved = jax.tree.leaves(jax.tree.map(lambda a: float(np.abs(a).max()), one))
     assert max(moved) > 0
+
+
+def test_export_writes_every_artifact_or_nothing(tmp_path, tiny_config):
+    """export.py from converted weights; a second export into the same folder is one line,
+    exit 1, and leaves the first export as it was."""
+    pytest.importorskip("onnx", reason="requirements-export.txt: the ONNX export")
+    save_tiny_weights(tmp_path / "w", tiny_params("fcn8s", tiny_config().model.num_classes))
+    args = [*TINY, f"--config.init_from={tmp_path / 'w'}", f"--output={tmp_path / 'out'}"]
+    result = run("export.py", *args, "--format=onnx,stablehlo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert written == ["fcn_jax_export.json", "model.onnx", "model.stablehlo"]
+    assert str(tmp_path / "w") in json.loads((tmp_path / "out" / written[0]).read_text())["source"]
+
+    again = run("export.py", *args, "--format=saved_model")
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "exists and is not an empty folder" in again.stderr.strip().splitlines()[-1]
+    assert sorted(os.listdir(tmp_path / "out")) == written
+    assert sorted(os.listdir(tmp_path)) == ["out", "w"]  # No temporary folder left behind.

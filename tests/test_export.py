@@ -22,6 +22,12 @@ FAMILIES = {
     "vgg_bn": dict(
         model__backbone="vgg16_bn", model__geometry="same", dataset__normalization="torch"
     ),
+    "mindspore": dict(  # The MindSpore tutorial's network: BatchNorm after fc6/fc7, no biases.
+        model__backbone="vgg16_bn",
+        model__fc_batch_norm=True,
+        model__geometry="same",
+        dataset__normalization="mindspore",
+    ),
     "resnet50": dict(
         model__backbone="resnet50",
         model__aux_loss_weight=0.0,
@@ -29,8 +35,8 @@ FAMILIES = {
         dataset__normalization="torch",
     ),
 }
-# The default run keeps one family (each exports in ~20 s on 2 cores); the rest are slow.
-SLOW = {"vgg_caffe", "vgg_bn", "resnet50"}
+# `-m "not slow"` keeps one family; each exports all three formats in about 10 s here.
+SLOW = {"vgg_caffe", "vgg_bn", "mindspore", "resnet50"}
 
 
 def trained_looking(config, seed=0):
@@ -189,13 +195,20 @@ def test_stablehlo_runs_without_fcn_jax(exported, tiny_config, real_photos, tmp_
     assert np.mean(np.load(tmp_path / "classes.npy") == want_classes) >= 0.999
 
 
-def test_flip_tta_exports_the_mean_probability(tiny_config, real_photos, tmp_path):
+def test_flip_tta_exports_the_mean_probability(exported, tiny_config, real_photos, tmp_path):
+    """The flip runs the model twice (an unrolled lax.map in ONNX); its weights are stored once."""
     config = tiny_config(**FAMILIES["vgg_same"], inference__flip=True)
     variables = trained_looking(config, seed=1)
     out = tmp_path / "export"
-    export.export(export.Exporter(config, variables, "test", tta=True), ["stablehlo"], out)
-    check_parity(config, variables, out / "model.stablehlo", run_stablehlo, real_photos, flip=True)
+    formats = [f for f in ("stablehlo", "onnx") if importlib.util.find_spec(TOOLS[f])]
+    export.export(export.Exporter(config, variables, "test", tta=True), formats, out)
     assert json.loads((out / export.METADATA).read_text())["scores"] == "probabilities"
+    for fmt in formats:
+        path = out / export.FILENAMES[fmt]
+        check_parity(config, variables, path, RUNNERS[fmt], real_photos, flip=True)
+    if "onnx" in formats:
+        one_view = exported("vgg_same", tiny_config)[2] / "model.onnx"
+        assert (out / "model.onnx").stat().st_size < 1.2 * one_view.stat().st_size
 
 
 def test_multi_scale_tta_is_refused(tiny_config):
