@@ -133,8 +133,6 @@ def torch_runner(net):
 
 def runtime_runners(folder: pathlib.Path):
     """{name: uint8 images -> (classes, scores) as numpy}, the same weights in every one."""
-    import tensorflow as tf
-
     from tests import torch_reference
 
     net = torch_reference.reference_net("fcn8s", base_width=64, fc_width=4096, seed=0)
@@ -148,6 +146,8 @@ def runtime_runners(folder: pathlib.Path):
     flax = jax.jit(exporter.bound())
     runners = {"flax_jit": lambda x: jax.block_until_ready(flax(x))}
     if "saved_model" in written:
+        import tensorflow as tf
+
         serve = tf.saved_model.load(written["saved_model"]).signatures[export.SIGNATURE]
         runners["saved_model"] = lambda x: tuple(
             serve(images=x)[k].numpy() for k in export.OUTPUT_NAMES

@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-METADATA = "fcn_jax_export.json"  # fcn_jax.export.METADATA, which imports JAX.
+METADATA = "fcn_jax_export.json"  # Written beside the artifacts by fcn_jax.export.
 
 
 class Deployed:

@@ -36,11 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax import files, models, normalization, resnet, steps, visualize
+from fcn_jax import deployed, files, models, normalization, resnet, steps, visualize
 
 FORMATS = ("onnx", "saved_model", "stablehlo")
 FILENAMES = {"onnx": "model.onnx", "saved_model": "saved_model", "stablehlo": "model.stablehlo"}
-METADATA = "fcn_jax_export.json"
+METADATA = deployed.METADATA  # Where fcn_jax.deployed, which has no JAX, looks for it.
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("classes", "scores")
 SIGNATURE = "serving_default"

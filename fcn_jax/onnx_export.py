@@ -218,15 +218,16 @@ class Translator:
             return self.run(inner, getattr(closed, "consts", ()), ins)
         if prim == "scan":
             return self.scan(ins, **params)
-        handler = getattr(self, f"op_{prim}", None)
         if prim in UNARY or prim in BINARY:
-            handler = self.elementwise
+            return [self.elementwise(ins, avals[0], prim)]
+        if prim in REDUCE:
+            return [self.reduce(ins, avals[0], REDUCE[prim], params["axes"])]
+        handler = getattr(self, f"op_{prim}", None)
         if handler is None:
             raise NotImplementedError(
                 f"ONNX export: no translation for the JAX primitive {prim!r} ({self._where})"
             )
-        out = handler(ins, avals[0], **({"prim": prim} if handler == self.elementwise else params))
-        return [out]
+        return [handler(ins, avals[0], **params)]
 
     def result(self, name: str, aval, lazy: bool = False) -> Val:
         return Val(name, tuple(aval.shape), np.dtype(aval.dtype), lazy)
@@ -369,18 +370,9 @@ class Translator:
         return self.result(self.node("Cast", [value], to=to), aval)
 
     # -- reductions ------------------------------------------------------------------
-    def _reduce(self, ins, aval, axes, op):
+    def reduce(self, ins, aval, op, axes):
         out = self.node(op, [self.full(ins[0]), self.ints(axes)], keepdims=0)
         return self.result(out, aval)
-
-    def op_reduce_max(self, ins, aval, axes, **_):
-        return self._reduce(ins, aval, axes, "ReduceMax")
-
-    def op_reduce_min(self, ins, aval, axes, **_):
-        return self._reduce(ins, aval, axes, "ReduceMin")
-
-    def op_reduce_sum(self, ins, aval, axes, **_):
-        return self._reduce(ins, aval, axes, "ReduceSum")
 
     def op_argmax(self, ins, aval, axes, index_dtype):
         index = self.node("ArgMax", [self.full(ins[0])], axis=int(axes[0]), keepdims=0)

@@ -186,10 +186,12 @@ def _write(photo: _Photo, mask: np.ndarray, names, output: str) -> None:
 
 
 class _Batcher:
-    """Gathers photos into batches by a key (a canvas size) and segments each when full."""
+    """Gathers photos into batches by canvas size and segments each batch when full: the
+    photos at their network size in the top-left corner, the rest ``pad_rgb``, and each
+    mask cropped back to its photo."""
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int, pad_rgb, source: str):
+        self.batch_size, self.pad_rgb, self.source = batch_size, pad_rgb, source
         self.waiting: dict[tuple[int, int], list[_Photo]] = collections.defaultdict(list)
 
     def add(self, photo: _Photo):
@@ -206,23 +208,33 @@ class _Batcher:
             done += self._run(canvas, self.waiting.pop(canvas))
         return done
 
+    def _run(self, canvas, group: list[_Photo]):
+        images = np.empty((self._slots(len(group)), *canvas, 3), np.uint8)
+        images[:] = self.pad_rgb
+        for i, photo in enumerate(group):
+            h, w = photo.size
+            pixels = photo.pixels
+            if pixels.shape[:2] != (h, w):
+                pixels = photos.resize(pixels, h, w)
+            images[i, :h, :w] = pixels
+        classes = self._classes(images)
+        return [(p, classes[i, : p.size[0], : p.size[1]]) for i, p in enumerate(group)]
+
     def _canvas(self, photo: _Photo) -> tuple[int, int]:
         raise NotImplementedError
 
-    def _run(self, canvas, group: list[_Photo]):
+    def _slots(self, count: int) -> int:
+        """Images in a batch of ``count`` photos."""
+        raise NotImplementedError
+
+    def _classes(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
-def _network_pixels(photo: _Photo) -> np.ndarray:
-    """The photo at the size the network sees."""
-    if photo.pixels.shape[:2] != photo.size:
-        return photos.resize(photo.pixels, *photo.size)
-    return photo.pixels
-
-
 class _Runner(_Batcher):
-    """The restored model: fixed-size batches per padded eval canvas, on the mesh. (It
-    imports JAX and the training code itself, so that the exported models' path never does.)"""
+    """The restored model: fixed-size batches per padded eval canvas (the mean colour in
+    the padding and in a last batch's unused slots), on the mesh. (It imports JAX and the
+    training code itself, so that the exported models' path never does.)"""
 
     def __init__(self, config, workdir, which, batch_size: int):
         import jax
@@ -234,28 +246,28 @@ class _Runner(_Batcher):
         restored = evaluation.restore(config, workdir, which)
         self.programs, self.variables = restored.programs, restored.variables
         data = self.programs.mesh.shape["data"]
-        super().__init__(-(-batch_size // data) * data)  # Whole batches for the "data" axis.
-        self.config, self.source = config, restored.source
-        self.mean = normalization.mean_rgb_uint8(config.dataset.normalization)
+        super().__init__(
+            -(-batch_size // data) * data,  # Whole batches for the "data" axis.
+            normalization.mean_rgb_uint8(config.dataset.normalization),
+            restored.source,
+        )
+        self.config = config
 
     def _canvas(self, photo: _Photo) -> tuple[int, int]:
         from fcn_jax import input_pipeline
 
         return input_pipeline.eval_canvas(self.config, *photo.size)
 
-    def _run(self, canvas, group: list[_Photo]):
-        images = np.empty((self.batch_size, *canvas, 3), np.uint8)
-        images[:] = self.mean  # Padding, and the unused slots of a last batch.
-        for i, photo in enumerate(group):
-            h, w = photo.size
-            images[i, :h, :w] = _network_pixels(photo)
+    def _slots(self, count: int) -> int:
+        return self.batch_size  # One compiled program: every batch is full.
+
+    def _classes(self, images: np.ndarray) -> np.ndarray:
         import jax
 
         from fcn_jax import sharding
 
         batch = sharding.global_batch({"image": images}, self.programs.mesh)["image"]
-        preds = np.asarray(jax.device_get(self.programs.predict_step(self.variables, batch)))
-        return [(p, preds[i, : p.size[0], : p.size[1]]) for i, p in enumerate(group)]
+        return np.asarray(jax.device_get(self.programs.predict_step(self.variables, batch)))
 
 
 class _ExportedRunner(_Batcher):
@@ -264,17 +276,14 @@ class _ExportedRunner(_Batcher):
     cropped back."""
 
     def __init__(self, model: deployed.Deployed, batch_size: int):
-        super().__init__(batch_size)
-        self.model, self.source = model, model.source
+        super().__init__(batch_size, model.pad_rgb, model.source)
+        self.model = model
 
     def _canvas(self, photo: _Photo) -> tuple[int, int]:
         return tuple(max(s, m) for s, m in zip(photo.size, self.model.min_size))
 
-    def _run(self, canvas, group: list[_Photo]):
-        images = np.empty((len(group), *canvas, 3), np.uint8)
-        images[:] = self.model.pad_rgb
-        for i, photo in enumerate(group):
-            h, w = photo.size
-            images[i, :h, :w] = _network_pixels(photo)
-        classes = self.model(images)
-        return [(p, classes[i, : p.size[0], : p.size[1]]) for i, p in enumerate(group)]
+    def _slots(self, count: int) -> int:
+        return count  # Any batch size: no unused slots.
+
+    def _classes(self, images: np.ndarray) -> np.ndarray:
+        return self.model(images)
