@@ -82,9 +82,23 @@ def _quiet_unraisable(unraisable) -> None:
 
 
 class _QuietAbandonedReads(std_logging.Filter):
+    """asyncio's 'Task/Future exception was never retrieved' for an abandoned read: a task
+    names orbax's coroutine, a bare future only the tensorstore error it holds."""
+
     def filter(self, record):
-        text = str(record.msg)
-        return not ("exception was never retrieved" in text and "/orbax/" in text)
+        text = record.getMessage()
+        if record.exc_info:
+            text += "".join(traceback.format_exception(*record.exc_info))
+        if "exception was never retrieved" in text and ("/orbax/" in text or "tensorstore" in text):
+            logging.debug("Abandoned checkpoint read: %s", text)
+            return False
+        return True
+
+
+def quiet_abandoned_reads() -> None:
+    """Sends the abandoned reads of a failed checkpoint restore to debug logging."""
+    sys.unraisablehook = _quiet_unraisable
+    std_logging.getLogger("asyncio").addFilter(_QuietAbandonedReads())
 
 
 def setup(argv) -> None:
@@ -94,8 +108,7 @@ def setup(argv) -> None:
     import tensorflow as tf
 
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    sys.unraisablehook = _quiet_unraisable
-    std_logging.getLogger("asyncio").addFilter(_QuietAbandonedReads())
+    quiet_abandoned_reads()
 
     tf.config.set_visible_devices([], "GPU")
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -6,14 +6,25 @@ imports jax. Single-device tests build their own one-device mesh.
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 # Optimisation level 0 compiles the tiny test models ~5x faster; their run time is negligible.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
+# One persistent compilation cache for the whole run, pytest workers and the CLI tests'
+# subprocesses included: many tests compile the same programs again (a resumed run, another
+# process of the same config), and XLA compiles slowly on CPU. The first process to import
+# this file (pytest itself) makes it; the others inherit it through the environment.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_MADE_HERE = tempfile.mkdtemp(
+        prefix="fcn_jax_tests_xla_cache_"
+    )
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -21,6 +32,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `configs` is imported as a package by config files.
 
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    if "_CACHE_MADE_HERE" in globals():
+        shutil.rmtree(_CACHE_MADE_HERE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
 """train.py / eval.py as users run them, and two processes as two hosts."""
 
+import asyncio
+import gc
 import json
+import logging
 import os
 import re
 import signal
@@ -12,8 +15,9 @@ import time
 import jax
 import numpy as np
 import pytest
+import tensorstore as ts
 
-from fcn_jax import checkpointing, sharding, steps
+from fcn_jax import checkpointing, cli, sharding, steps
 from tests.conftest import REPO
 from tests.test_init_from import save_tiny_weights, tiny_params
 
@@ -185,6 +189,30 @@ def test_sigterm_saves_and_exits_143_and_a_damaged_checkpoint_is_one_line(tmp_pa
 
 
 STEPS = 12  # Long enough for a signal at the first logged step to land mid-run.
+
+
+def test_abandoned_checkpoint_reads_are_quiet_and_other_lost_errors_are_not(tmp_path, monkeypatch):
+    """A failed restore leaves tensorstore reads in bare futures nobody awaits; asyncio
+    reports each when it is collected, as an error that names neither orbax nor fcn_jax."""
+    logger = logging.getLogger("asyncio")
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    reported = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reported.append(record.getMessage())
+    logger.addHandler(handler)
+    cli.quiet_abandoned_reads()
+    with pytest.raises(ValueError, match="tensorstore_spec") as read_error:
+        ts.open({"driver": "zarr", "kvstore": f"file://{tmp_path}/"}, open=True).result()
+    loop = asyncio.new_event_loop()
+    try:
+        for error in (read_error.value, RuntimeError("a bug of ours")):
+            loop.create_future().set_exception(error)  # Collected unretrieved at once.
+            gc.collect()
+    finally:
+        loop.close()
+        logger.removeHandler(handler)
+    assert len(reported) == 1 and "a bug of ours" in reported[0], reported
 
 
 def test_two_processes_preempted_and_resumed_train_like_one(tmp_path, tiny_config):
