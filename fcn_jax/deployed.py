@@ -1,6 +1,6 @@
 """Running an exported FCN (fcn_jax.export) with its own runtime: no JAX model, no training code.
 
-``load(path)`` takes ``model.onnx`` (ONNX Runtime) or a ``saved_model`` folder (TensorFlow),
+``Deployed(path)`` takes ``model.onnx`` (ONNX Runtime) or a ``saved_model`` folder (TensorFlow),
 with ``fcn_jax_export.json`` beside it, and gives a callable uint8 images [N, H, W, 3] ->
 uint8 classes [N, H, W]. Only numpy and the runtime are imported here.
 """
@@ -46,7 +46,3 @@ class Deployed:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] (H, W at least min_size) -> uint8 classes [N, H, W]."""
         return np.asarray(self._run(images))
-
-
-def load(path) -> Deployed:
-    return Deployed(path)

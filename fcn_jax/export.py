@@ -2,7 +2,8 @@
 
 Every artifact holds one program, uint8 RGB images [N, H, W, 3] -> (classes uint8
 [N, H, W], scores float32 [N, H, W, C]), with N, H and W symbolic: one artifact
-serves every photo size of at least ``min_input_size``. The model's own
+serves every photo size of at least ``models.MIN_INPUT_SIZE`` (one stride-32 cell of
+the VGG FCNs; the ResNets, of output stride 8, keep the same rule). The model's own
 normalisation is inside, so a caller sends the photo's pixels as they are. Scores
 are the logits, or with flip test-time augmentation (``tta=True`` and the
 config's ``inference.flip``) the mean softmax probability of the two views.
@@ -44,17 +45,11 @@ METADATA = deployed.METADATA  # Where fcn_jax.deployed, which has no JAX, looks 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("classes", "scores")
 SIGNATURE = "serving_default"
+CONSTRAINTS = (f"h >= {models.MIN_INPUT_SIZE}", f"w >= {models.MIN_INPUT_SIZE}")
 
 
 class ExportError(ValueError):
     """An export that cannot be written; nothing was. A ValueError: the CLI's one-line error."""
-
-
-def min_input_size(config) -> int:
-    """The smallest height and width an artifact accepts: one stride-32 cell for the VGG
-    FCNs; the ResNets, of output stride 8, take the same bound to keep one rule."""
-    del config
-    return models.MIN_INPUT_SIZE
 
 
 def scores_are(config, tta: bool) -> str:
@@ -99,9 +94,9 @@ def serving_fn(config, tta: bool = False):
     return fn
 
 
-def input_spec(config) -> jax.ShapeDtypeStruct:
-    """uint8 [n, h, w, 3] with symbolic n, h, w, h and w at least ``min_input_size``."""
-    n, h, w = jax.export.symbolic_shape("n, h, w", constraints=_constraints(config))
+def input_spec() -> jax.ShapeDtypeStruct:
+    """uint8 [n, h, w, 3] with symbolic n, h, w, h and w at least ``MIN_INPUT_SIZE``."""
+    n, h, w = jax.export.symbolic_shape("n, h, w", constraints=CONSTRAINTS)
     return jax.ShapeDtypeStruct((n, h, w, 3), jnp.uint8)
 
 
@@ -123,7 +118,7 @@ class Exporter:
     def __post_init__(self):
         self.variables = host_variables(self.variables)
         self.fn = serving_fn(self.config, self.tta)
-        self.spec = input_spec(self.config)
+        self.spec = input_spec()
 
     def bound(self):
         """images -> (classes, scores) with the weights as constants."""
@@ -141,7 +136,7 @@ class Exporter:
         converted = jax2tf.convert(
             self.fn,
             polymorphic_shapes=[None, "(n, h, w, 3)"],
-            polymorphic_constraints=_constraints(self.config),
+            polymorphic_constraints=CONSTRAINTS,
             native_serialization_platforms=self.platforms,
             with_gradient=False,
         )
@@ -175,7 +170,7 @@ class Exporter:
     def metadata(self, formats) -> dict:
         config = self.config
         c = config.model.num_classes
-        least = min_input_size(config)
+        scores = scores_are(config, self.tta)
         vgg = config.model.backbone not in resnet.BACKBONES
         return {
             "fcn_jax_version": _version(),
@@ -192,18 +187,13 @@ class Exporter:
                 OUTPUT_NAMES[0]: {"dtype": "uint8", "shape": ["N", "H", "W"]},
                 OUTPUT_NAMES[1]: {"dtype": "float32", "shape": ["N", "H", "W", c]},
             },
-            "scores": scores_are(config, self.tta),
-            "test_time_augmentation": {"flip": scores_are(config, self.tta) == "probabilities"},
-            "min_input_size": [least, least],
+            "scores": scores,
+            "test_time_augmentation": {"flip": scores == "probabilities"},
+            "min_input_size": [models.MIN_INPUT_SIZE] * 2,
             "normalization": normalization.describe(config.dataset.normalization),
             "class_names": list(visualize.class_names(config)),
             "palette": visualize.palette()[:c].tolist(),
         }
-
-
-def _constraints(config) -> tuple[str, str]:
-    least = min_input_size(config)
-    return (f"h >= {least}", f"w >= {least}")
 
 
 def _version() -> str:

@@ -14,7 +14,7 @@ float work on the host.
 
 import jax.numpy as jnp
 
-# Per-channel constants in RGB order.
+# Per-channel constants, in the channel order their names give.
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -24,48 +24,52 @@ MINDSPORE_STD_BGR = (57.375, 57.12, 58.395)
 NORMALIZATIONS = ("caffe", "torch", "mindspore")
 
 
+# mode -> (the channel order the backbone takes, scale, mean, std): the backbone sees
+# (x[order] / scale - mean) / std, the constants in that order and in those units.
+_STEPS = {
+    "caffe": ("BGR", 1.0, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)),
+    "torch": ("RGB", 255.0, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
+    "mindspore": ("BGR", 1.0, MINDSPORE_MEAN_BGR, MINDSPORE_STD_BGR),
+}
+
+
+def _steps(mode: str):
+    if mode not in _STEPS:
+        raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
+    return _STEPS[mode]
+
+
 def mean_rgb_uint8(mode: str) -> tuple[int, int, int]:
     """The mean colour as uint8 RGB: what padding should be so it normalises to ~0."""
-    if mode == "caffe":
-        return tuple(int(round(c)) for c in CAFFE_MEAN_BGR[::-1])
-    if mode == "torch":
-        return tuple(int(round(255 * c)) for c in IMAGENET_MEAN_RGB)
-    if mode == "mindspore":
-        return tuple(int(round(c)) for c in MINDSPORE_MEAN_BGR[::-1])
-    raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
+    order, scale, mean, _ = _steps(mode)
+    return tuple(int(round(scale * c)) for c in (mean[::-1] if order == "BGR" else mean))
 
 
 def describe(mode: str) -> dict:
     """What ``normalize`` does, for readers of exported models: x -> (x[order] / scale - mean) /
     std per channel, the constants in the order the model sees its channels; ``pad_rgb``,
     the uint8 RGB colour that normalises to about 0, to pad photos with."""
-    constants = {
-        "caffe": ("BGR", 1.0, list(CAFFE_MEAN_BGR), [1.0] * 3),
-        "torch": ("RGB", 255.0, list(IMAGENET_MEAN_RGB), list(IMAGENET_STD_RGB)),
-        "mindspore": ("BGR", 1.0, list(MINDSPORE_MEAN_BGR), list(MINDSPORE_STD_BGR)),
-    }
-    if mode not in constants:
-        raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
-    order, scale, mean, std = constants[mode]
+    order, scale, mean, std = _steps(mode)
     return dict(
         mode=mode,
         order=order,
         scale=scale,
-        mean=mean,
-        std=std,
+        mean=list(mean),
+        std=list(std),
         pad_rgb=list(mean_rgb_uint8(mode)),
     )
 
 
 def normalize(images, mode: str, dtype=jnp.float32):
-    """uint8 RGB [..., 3] -> normalised float ``dtype`` as the backbone expects."""
+    """uint8 RGB [..., 3] -> normalised float ``dtype`` as the backbone expects (steps of
+    1 are skipped: the same numbers, and no needless ops in exported graphs)."""
+    order, scale, mean, std = _steps(mode)
     x = jnp.asarray(images).astype(jnp.float32)
-    if mode == "caffe":
-        x = jnp.flip(x, -1) - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
-    elif mode == "torch":
-        x = (x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB)) / jnp.asarray(IMAGENET_STD_RGB)
-    elif mode == "mindspore":
-        x = (jnp.flip(x, -1) - jnp.asarray(MINDSPORE_MEAN_BGR)) / jnp.asarray(MINDSPORE_STD_BGR)
-    else:
-        raise ValueError(f"normalization {mode!r} is not one of {NORMALIZATIONS}")
+    if order == "BGR":
+        x = jnp.flip(x, -1)
+    if scale != 1.0:
+        x = x / scale
+    x = x - jnp.asarray(mean, jnp.float32)
+    if any(s != 1.0 for s in std):
+        x = x / jnp.asarray(std, jnp.float32)
     return x.astype(dtype)

@@ -82,7 +82,7 @@ def predict(
         return summary
     wanted = batch_size or min(config.dataset.eval_batch_size if config else 1, len(paths))
     if model:
-        runner = _ExportedRunner(deployed.load(model), wanted)
+        runner = _ExportedRunner(deployed.Deployed(model), wanted)
         names = runner.model.class_names
     else:
         runner = _Runner(config, workdir, which, wanted)
