@@ -8,18 +8,21 @@ command (on TPU VMs and detected clusters nothing more is needed; elsewhere add
 
 from absl import app, flags
 
-from fcn_jax import cli
+from fcn_jax import cli, preemption
 
 FLAGS = flags.FLAGS
 cli.define_flags("Directory for checkpoints and TensorBoard logs.")
 
 
 def main(argv):
-    with cli.clear_errors():
+    # Listening from the start: a signal during the start-up to come (joining the other
+    # processes, imports, restore, compilation) ends the run at once, every process alike.
+    with cli.clear_errors(), preemption.Listener() as listener:
         cli.setup(argv)
+        listener.connected()
         from fcn_jax import training  # After jax.distributed.initialize.
 
-        training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        training.train_and_evaluate(FLAGS.config, FLAGS.workdir, listener)
 
 
 if __name__ == "__main__":

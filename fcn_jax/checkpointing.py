@@ -1,4 +1,4 @@
-"""Orbax checkpoints: ``<workdir>/checkpoints/<step>/{state,config}``.
+"""Orbax checkpoints: ``<workdir>/checkpoints/<step>/{state,config,metrics}``.
 
 The train state is the item ``state`` (parameters under ``params``); the
 resolved config sits beside it as JSON, so a checkpoint says what it is. We keep
@@ -8,30 +8,30 @@ Each save is written to a temporary directory and renamed when complete, so a
 crash never leaves a half-written checkpoint that resume would pick up.
 Saving is asynchronous: call ``wait_until_finished()`` before the process exits.
 
-When to save is orbax's save-decision policy: every N steps or every M minutes,
-whichever comes first. A checkpoint that cannot be restored (truncated or missing
-files, unreadable metadata) is moved to ``<workdir>/checkpoints_damaged/`` when
-training resumes, never deleted, and the next newest is used.
+A step that is evaluated is saved before its evaluation starts (a preemption during
+a long evaluation then loses nothing), and the evaluation's mean IoU is attached to
+it afterwards (``attach_metrics``), which ranks it for ``best``.
+
+When to save is orbax's save-decision policy: every N steps, every M minutes
+(``ContinuousCheckpointingPolicy``), and the step where a preemption stops the run
+(``PreemptionCheckpointingPolicy``, told by ``fcn_jax.preemption``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
-import shutil
-from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as cm
+from orbax.checkpoint.checkpoint_manager import METRIC_ITEM_NAME, CheckpointInfo
 
-from fcn_jax import optim, steps
+from fcn_jax import files, optim, steps
 
 STATE, CONFIG = "state", "config"
 BEST_METRIC = "mean_iou"
@@ -58,40 +58,54 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint belongs to another model (or optimizer) than the config describes."""
 
 
-class DamagedCheckpointError(ValueError):
-    """No checkpoint that was asked for can be restored."""
-
-
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def damaged_dir(workdir_checkpoints: str) -> str:
-    """Where damaged checkpoints are set aside: ``<workdir>/checkpoints_damaged``."""
-    return os.path.join(
-        os.path.dirname(os.path.normpath(workdir_checkpoints)), "checkpoints_damaged"
-    )
-
-
-@dataclasses.dataclass
-class EveryMinutes:
-    """Orbax save-decision policy: save once ``minutes`` have passed since the newest
-    checkpoint, or since this process started training if that is later (a resumed run
-    does not save at once). Process 0 decides for all, so every host saves the same step.
+@dataclasses.dataclass(kw_only=True)
+class EveryMinutes(cm.ContinuousCheckpointingPolicy):
+    """orbax's continuous checkpointing with at least ``minimum_interval_secs`` between
+    saves, counted from the newest checkpoint or, when later, from the end of start-up
+    (``started``, set by ``start_clock``): restore and compilation, however long, do not
+    make a resumed run save at its first step. Process 0 decides for every process.
     """
 
-    minutes: float
-    started: datetime.datetime = dataclasses.field(
-        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
-    )
+    started: datetime.datetime | None = None
 
     def should_save(self, step, previous_steps, *, context) -> bool:
-        del context
-        since = max([self.started, *(p.time for p in list(previous_steps)[-1:])])
-        due = step.time - since >= datetime.timedelta(minutes=self.minutes)
-        if jax.process_count() > 1:
-            due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
-        return due
+        started = self.started or step.time
+        previous = list(previous_steps)
+        if not previous or previous[-1].time < started:
+            previous.append(CheckpointInfo(step=step.step, time=started, metrics=None))
+        return super().should_save(step, previous, context=context)
+
+
+class Manager(ocp.CheckpointManager):
+    """orbax's CheckpointManager, told two things by fcn_jax.
+
+    - **Preemption.** orbax asks ``reached_preemption(step)`` when it decides and makes a
+      save; the answer is the run's ``preemption.Listener`` (one agreement of the
+      processes per step, not one more per question), and its
+      ``PreemptionCheckpointingPolicy`` saves the step where the processes stop.
+    - **Unreadable metrics.** A damaged metrics file leaves its checkpoint unranked and
+      is noted in ``unreadable_metrics`` instead of failing the manager's creation.
+    """
+
+    def __init__(self, directory, *, options, item_names, listener=None, every_minutes=None):
+        self.listener, self.every_minutes = listener, every_minutes
+        self.unreadable_metrics: dict[int, str] = {}
+        super().__init__(directory, options=options, item_names=item_names)
+
+    def reached_preemption(self, step: int) -> bool:
+        del step  # The listener was asked once, at this step's poll.
+        return self.listener is not None and self.listener.stopping
+
+    def metrics(self, step: int):
+        try:
+            return super().metrics(step)
+        except (ValueError, OSError) as e:  # JSONDecodeError is a ValueError.
+            self.unreadable_metrics[step] = f"{metrics_path(self, step)}: {e}"
+            return None
 
 
 def has_checkpoints(workdir: str | None) -> bool:
@@ -112,14 +126,17 @@ def make_manager(
     every_steps: int = 0,
     every_minutes: float = 0.0,
     read_only: bool = False,
-) -> ocp.CheckpointManager:
+    listener=None,
+) -> Manager:
     """Keeps the latest ``keep`` and the best; ``should_save(step)`` is due every
-    ``every_steps`` steps or ``every_minutes`` minutes (0: never by that rule)."""
-    saves = []
+    ``every_steps`` steps or ``every_minutes`` minutes (0: never by that rule), and at the
+    step where ``listener`` (a ``preemption.Listener``) stops the run."""
+    minutes = EveryMinutes(minimum_interval_secs=every_minutes * 60) if every_minutes > 0 else None
+    saves = [cm.PreemptionCheckpointingPolicy()]
     if every_steps > 0:
         saves.append(cm.FixedIntervalPolicy(every_steps))
-    if every_minutes > 0:
-        saves.append(EveryMinutes(every_minutes))  # Last: it is the only one that talks.
+    if minutes:
+        saves.append(minutes)  # Last: the only one that talks to the other processes.
     policy = cm.AnyPreservationPolicy(
         [
             cm.LatestN(n=keep),
@@ -132,32 +149,70 @@ def make_manager(
     )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
-        # best_fn alone makes orbax write the metrics to disk, so "best" survives restarts.
-        best_fn=lambda m: m[BEST_METRIC],
+        best_fn=lambda m: m[BEST_METRIC],  # For best_step().
         best_mode="max",
         save_decision_policy=cm.AnySavePolicy(saves),
         enable_async_checkpointing=True,
         create=not read_only,
         read_only=read_only,
     )
-    return ocp.CheckpointManager(
-        checkpoint_dir(workdir), options=options, item_names=(STATE, CONFIG)
+    return Manager(
+        checkpoint_dir(workdir),
+        options=options,
+        item_names=(STATE, CONFIG),
+        listener=listener,
+        every_minutes=minutes,
     )
 
 
-def save(manager, step: int, state, config, eval_metrics: dict | None = None) -> str:
-    """Starts an asynchronous save (the caller decided it is due); ``eval_metrics``
-    (with mean_iou) ranks the best. Returns the checkpoint's path."""
-    metrics = None if eval_metrics is None else {BEST_METRIC: float(eval_metrics[BEST_METRIC])}
+def start_clock(manager) -> None:
+    """Start-up is over: checkpoint_every_minutes counts from now."""
+    if manager.every_minutes is not None:
+        manager.every_minutes.started = datetime.datetime.now(datetime.timezone.utc)
+
+
+def save(manager, step: int, state, config) -> str:
+    """Starts an asynchronous save (the caller decided it is due), unranked until
+    ``attach_metrics``. Returns the checkpoint's path."""
     manager.save(
         step,
         args=ocp.args.Composite(
             **{STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config.to_dict())}
         ),
-        metrics=metrics,
         force=True,
     )
+    return step_path(manager, step)
+
+
+def step_path(manager, step: int) -> str:
     return os.path.join(str(manager.directory), str(step))
+
+
+def metrics_path(manager, step: int) -> str:
+    """Where orbax reads the metrics that rank checkpoint ``step``."""
+    return os.path.join(step_path(manager, step), METRIC_ITEM_NAME, METRIC_ITEM_NAME)
+
+
+def attach_metrics(manager, step: int, eval_metrics: dict) -> None:
+    """Ranks the saved checkpoint ``step`` by its evaluation (mean IoU), in the file orbax
+    reads for ``best_step()`` and its BestN policy. Waits for the save to be on disk."""
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+        files.write_json(
+            metrics_path(manager, step), {BEST_METRIC: float(eval_metrics[BEST_METRIC])}
+        )
+    sync(f"fcn_jax: metrics of checkpoint {step}")
+    manager.reload()
+
+
+def is_ranked(manager, step: int) -> bool:
+    return manager.metrics(step) is not None
+
+
+def sync(name: str) -> None:
+    """A barrier of every process (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def saved_config(manager, step: int) -> dict:
@@ -190,7 +245,8 @@ def check_compatible(manager, step: int, config) -> None:
 
 
 def resolve_step(manager, which: str) -> int:
-    """'best' (highest eval mean IoU, else latest), 'latest', or a step number."""
+    """'best' (highest eval mean IoU), 'latest', or a step number. 'best' falls back to
+    the latest with a warning saying so when no checkpoint has been evaluated."""
     steps = manager.all_steps()
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {manager.directory}; train first")
@@ -198,6 +254,12 @@ def resolve_step(manager, which: str) -> int:
         return max(steps)
     if which == "best":
         best = manager.best_step()  # None when no checkpoint has eval metrics.
+        if best is None:
+            logging.warning(
+                "No checkpoint in %s has been evaluated, so none is best: using the latest, %d",
+                manager.directory,
+                max(steps),
+            )
         return max(steps) if best is None else best
     if not str(which).isdigit():
         raise ValueError(f"--checkpoint={which!r}: use best, latest or a step number")
@@ -254,6 +316,7 @@ def _restore_parts(manager, step: int, abstract: dict) -> dict:
 
 
 # Optimizer settings whose change on resume is compared with the checkpoint's.
+# Optimizer settings whose change on resume is compared with the checkpoint's.
 def _optimizer_settings(config: dict) -> dict:
     return {
         **{f"optimizer.{k}": v for k, v in config["optimizer"].items()},
@@ -269,14 +332,25 @@ def _optimizer_state_structure(config: dict, abstract_params):
     return jax.tree.structure(jax.eval_shape(tx.init, abstract_params))
 
 
-def optimizer_carries_over(manager, step: int, config, abstract_params) -> bool:
-    """Whether the checkpoint's optimizer state fits ``config.optimizer``.
+def _learning_rate(config: dict, step: int) -> float:
+    schedule = optim.make_schedule(
+        ml_collections.ConfigDict(config["optimizer"]), config["num_train_steps"]
+    )
+    return float(schedule(step))
 
-    Changed values that keep the state's structure (learning rate, schedule, decay)
-    carry over. A changed structure (grad_clip_norm, weight_decay on or off, another
-    optimizer, ...) needs ``config.reset_optimizer``, and returns False then; without
-    it, and for a changed warmup (whose steps the run has passed), this raises naming
-    the fields.
+
+def optimizer_carries_over(manager, step: int, config, abstract_params) -> bool:
+    """Whether the checkpoint's optimizer state continues (False: a new one is made).
+
+    ``config.reset_optimizer`` asks for a new optimizer state (moments afresh, the
+    schedule at the step), once: a checkpoint written after such a reset, with the
+    same optimizer settings, carries over, so the same command resumes it after a
+    preemption. Without it, changed values that keep the state's structure (learning
+    rate, schedule, decay) carry over, and a changed structure (grad_clip_norm,
+    weight_decay on or off, another optimizer) is refused naming the fields. A changed
+    warmup (whose steps the run has passed) is refused. A changed schedule or
+    num_train_steps is logged at WARNING with the learning rate at the step before
+    and after.
     """
     now = config.to_dict()
     saved = saved_config(manager, step)
@@ -288,9 +362,6 @@ def optimizer_carries_over(manager, step: int, config, abstract_params) -> bool:
     }
     old, new = _optimizer_settings(saved), _optimizer_settings(now)
     changed = {k: (old[k], v) for k, v in new.items() if old[k] != v}
-    what = "; ".join(
-        f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in changed.items()
-    )
     where = f"checkpoint {step} in {manager.directory}"
     if "optimizer.warmup_steps" in changed:
         raise CheckpointMismatchError(
@@ -300,6 +371,32 @@ def optimizer_carries_over(manager, step: int, config, abstract_params) -> bool:
             "optimizer.grad_clip_norm instead, or start a new --workdir with "
             f"--config.init_from={os.path.dirname(str(manager.directory))}."
         )
+    if saved["num_train_steps"] != now["num_train_steps"]:
+        changed["num_train_steps"] = (saved["num_train_steps"], now["num_train_steps"])
+    what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    before, after = _learning_rate(saved, step), _learning_rate(now, step)
+    if before != after:
+        logging.warning(
+            "%s: the learning-rate schedule changed (%s): at step %d the learning rate was "
+            "%.6g and is now %.6g",
+            where,
+            what,
+            step,
+            before,
+            after,
+        )
+    if config.reset_optimizer:
+        if saved.get("reset_optimizer") and not (changed.keys() - {"num_train_steps"}):
+            logging.info(
+                "%s: its optimizer state was made by reset_optimizer; continuing it", where
+            )
+            return True
+        logging.warning(
+            "%s: new optimizer state (%s), as config.reset_optimizer asks",
+            where,
+            what or "the same optimizer",
+        )
+        return False
     if not changed:
         return True
     if _optimizer_state_structure(saved, abstract_params) == _optimizer_state_structure(
@@ -307,127 +404,8 @@ def optimizer_carries_over(manager, step: int, config, abstract_params) -> bool:
     ):
         logging.info("%s: optimizer changed (%s); its state carries over", where, what)
         return True
-    if not config.reset_optimizer:
-        raise CheckpointMismatchError(
-            f"{where} holds the state of another optimizer ({what}), which does not carry "
-            "over. To continue from its parameters with a new optimizer state, add "
-            "--config.reset_optimizer=true."
-        )
-    logging.warning("%s: new optimizer state (%s), as config.reset_optimizer asks", where, what)
-    return False
-
-
-def _reason(error: BaseException) -> str:
-    """The useful end of an orbax/tensorstore error, on one line."""
-    text = str(error).split(" [tensorstore_spec")[0].replace("\n", " ").strip()
-    text = text or type(error).__name__
-    return text if len(text) <= 240 else "..." + text[-240:]
-
-
-def _unreadable(manager, step: int) -> str | None:
-    """Why the files of checkpoint ``step`` cannot be read back as written (None: they
-    can). Tells a damaged checkpoint from one that does not fit what restores it."""
-    path = os.path.join(str(manager.directory), str(step))
-    try:
-        with open(os.path.join(path, CONFIG, "metadata")) as f:
-            json.load(f)
-        checkpointer = ocp.PyTreeCheckpointer()
-        metadata = checkpointer.metadata(os.path.join(path, STATE)).item_metadata
-        if metadata is None:
-            return f"the metadata of {os.path.join(path, STATE)} cannot be read"
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree)
-        checkpointer.restore(
-            os.path.join(path, STATE), args=ocp.args.PyTreeRestore(restore_args=as_numpy)
-        )
-    except Exception as e:  # noqa: BLE001 - any failure to read the files is damage.
-        return _reason(e)
-    return None
-
-
-def _everywhere(ok: bool) -> bool:
-    """Whether ``ok`` holds on every process (each may read other shards of a file)."""
-    if jax.process_count() == 1:
-        return ok
-    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
-
-
-def set_aside(manager, step: int) -> str:
-    """Moves checkpoint ``step`` to ``<workdir>/checkpoints_damaged/`` (never deletes)."""
-    source = os.path.join(str(manager.directory), str(step))
-    target = os.path.join(damaged_dir(str(manager.directory)), str(step))
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        suffix = 0
-        while os.path.exists(target + (f".{suffix}" if suffix else "")):
-            suffix += 1
-        target += f".{suffix}" if suffix else ""
-        shutil.move(source, target)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"fcn_jax: set aside checkpoint {step}")
-    manager.reload()
-    return target
-
-
-def _attempt(manager, step: int, restore: Callable[[int], object]):
-    """(restore(step), None), or (None, why its files cannot be read) where they cannot;
-    any other failure (the checkpoint does not fit, a bug) is raised as it is."""
-    result, error = None, None
-    try:
-        result = restore(step)
-    except CheckpointMismatchError:
-        raise
-    except Exception as e:  # noqa: BLE001 - told apart from damage just below.
-        error = e
-    if _everywhere(error is None):
-        return result, None
-    damaged = error is not None and _unreadable(manager, step) is not None
-    if not _everywhere(not damaged):
-        return None, _reason(error) if damaged else "another process could not read it"
-    if error is not None:  # The files read back: not damage.
-        raise error
-    raise RuntimeError(f"another process could not restore checkpoint {step}; see its log")
-
-
-def restore_newest(manager, restore: Callable[[int], object]):
-    """(step, restore(step)) of the newest checkpoint that restores; (None, None) if none.
-
-    A damaged checkpoint (files that cannot be read back) is set aside with a warning
-    naming it and the reason, and the one before is tried. Raises
-    DamagedCheckpointError, naming them, when checkpoints exist and none restores.
-    """
-    damaged = []
-    while (step := manager.latest_step()) is not None:
-        result, reason = _attempt(manager, step, restore)
-        if reason is None:
-            return step, result
-        path = set_aside(manager, step)
-        logging.warning(
-            "Checkpoint %d cannot be restored (%s); moved it to %s, trying the one before",
-            step,
-            reason,
-            path,
-        )
-        damaged.append(f"{step} ({reason})")
-    if damaged:
-        raise DamagedCheckpointError(
-            f"no checkpoint in {manager.directory} can be restored: {'; '.join(damaged)}. "
-            f"They were moved to {damaged_dir(str(manager.directory))}; start over with a "
-            "new --workdir or put back copies from a backup"
-        )
-    return None, None
-
-
-def restore_named(manager, step: int, restore: Callable[[int], object]):
-    """restore(step), or one line naming the damaged checkpoint and those that can be read."""
-    result, reason = _attempt(manager, step, restore)
-    if reason is None:
-        return result
-    readable = [s for s in manager.all_steps() if s != step and _unreadable(manager, s) is None]
-    raise DamagedCheckpointError(
-        f"checkpoint {step} in {manager.directory} cannot be restored ({reason}); "
-        + (
-            f"these can: {readable} (pass --checkpoint=<step>)"
-            if readable
-            else "no other checkpoint there can"
-        )
+    raise CheckpointMismatchError(
+        f"{where} holds the state of another optimizer ({what}), which does not carry "
+        "over. To continue from its parameters with a new optimizer state, add "
+        "--config.reset_optimizer=true."
     )

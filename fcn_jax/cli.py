@@ -45,6 +45,9 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # fcn_jax.preemption agrees where to stop itself (JAX's service owns SIGTERM, loses a
+    # notice before a resumed run's first step, and does not say which signal came).
+    jax.config.update("jax_enable_preemption_service", False)
     if coordinator_address is not None:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     else:
@@ -64,10 +67,17 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
 
 
 class _QuietOrbax(std_logging.Filter):
-    """Orbax logs each save step at INFO; keep its warnings and errors only."""
+    """Orbax logs each save step at INFO; keep its warnings and errors only, except the
+    one at every save (they are all unranked when made: fcn_jax attaches the evaluation
+    that ranks a checkpoint after the save, see checkpointing.attach_metrics)."""
 
     def filter(self, record):
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if "/orbax/" not in record.pathname:
+            return True
+        return record.levelno >= std_logging.WARNING and _UNRANKED_SAVE not in record.getMessage()
+
+
+_UNRANKED_SAVE = "Requested `tracked_metric`; did not provide metrics."
 
 
 # When a checkpoint read fails, orbax closes its event loop while tensorstore still
@@ -115,9 +125,10 @@ def setup(argv) -> None:
 
 
 def parse_flags(argv):
-    """absl's parser, with a one-line error for an unknown or mistyped config field."""
+    """absl's parser, with a one-line error for an unknown or mistyped config field, and
+    the last of a repeated ``--config.<field>=`` winning, tuples included."""
     try:
-        return FLAGS(argv)
+        return FLAGS(_last_overrides_win(argv))
     except (AttributeError, KeyError) as e:  # ml_collections: no such config field.
         text = str(e)
         name = re.search(r"(\w+)\\?'", text)
@@ -129,6 +140,18 @@ def parse_flags(argv):
         )
     except flags.Error as e:
         sys.exit(f"error: {str(e).rstrip('.')}. Pass --help for the flags.")
+
+
+def _last_overrides_win(argv: list[str]) -> list[str]:
+    """ml_collections joins the values of a repeated tuple field
+    (``--config.mesh.shape=(1,1) --config.mesh.shape=(-1,1)`` would be (1, 1, -1, 1));
+    as for every other flag, the last one counts."""
+
+    def field(arg: str) -> str | None:
+        return arg.split("=", 1)[0] if arg.startswith("--config.") and "=" in arg else None
+
+    last = {field(a): i for i, a in enumerate(argv) if field(a)}
+    return [a for i, a in enumerate(argv) if field(a) is None or last[field(a)] == i]
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from fcn_jax import (
     checkpointing,
     convert,
+    damage,
     files,
     init_from,
     input_pipeline,
@@ -33,18 +34,26 @@ from fcn_jax.config_lib import validate_config
 _IN_FLIGHT = 2  # Batches queued on the device before the host waits for the oldest.
 
 
+class Abandoned(Exception):
+    """The evaluation was given up part-way (``stop`` said so)."""
+
+
 class EvalResult(NamedTuple):
     metrics: dict  # segmentation_metrics of the confusion matrix.
     confusion_matrix: np.ndarray  # int64 [C, C], rows = ground truth.
     examples: np.ndarray | None  # uint8 [N, H, 3W, 3]: input | truth | prediction.
 
 
-def evaluate(programs, variables, config, *, num_examples: int = 0, progress: bool = False):
+def evaluate(
+    programs, variables, config, *, num_examples: int = 0, progress: bool = False, stop=None
+):
     """EvalResult of ``variables`` (``{"params", "batch_stats"}``) on dataset.eval_split, with
     the config's test-time inference.
 
     ``num_examples`` images of the first batch are also predicted and drawn for
-    TensorBoard; ``progress`` shows a progress bar on process 0.
+    TensorBoard; ``progress`` shows a progress bar on process 0. ``stop()``, asked after
+    each batch (on every process alike), abandons the evaluation (raises Abandoned) when
+    it says so: a preemption during a long evaluation with TTA.
     """
     batches, num_batches = input_pipeline.eval_iterator(config)
     num_classes = config.model.num_classes
@@ -64,6 +73,8 @@ def evaluate(programs, variables, config, *, num_examples: int = 0, progress: bo
             if seen == 0 and num_examples:
                 examples = _examples(programs, variables, local, batch, num_examples)
             seen += 1
+            if stop is not None and stop():
+                raise Abandoned(f"evaluation abandoned after {seen} of {num_batches} batches")
             while len(pending) > _IN_FLIGHT:
                 cm += np.asarray(jax.device_get(pending.popleft()), np.int64)
                 bar.update()
@@ -189,9 +200,18 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
         programs = programs or steps.compile_steps(config, mesh)
         return checkpointing.restore_variables(manager, step, programs.abstract_variables)
 
+    for step, why in damage.unreadable_json(str(manager.directory)).items():
+        logging.warning("Checkpoint %d cannot be read (%s); it is left as it is", step, why)
     try:
-        step = checkpointing.resolve_step(manager, which)
-        variables = checkpointing.restore_named(manager, step, restore_at)
+        for attempt in range(3):  # A training run's retention may delete what we read.
+            step = checkpointing.resolve_step(manager, which)
+            try:
+                variables = damage.restore_named(manager, step, restore_at)
+                break
+            except damage.CheckpointVanishedError:
+                if which not in ("best", "latest") or attempt == 2:
+                    raise
+                manager.reload()
     finally:
         manager.close()
     return Restored(programs, variables, step, f"checkpoint {step} of {workdir}", str(step))

@@ -1,28 +1,45 @@
-"""Stopping training cleanly on SIGTERM or SIGINT, every process at the same step.
+"""Stopping training on SIGTERM or SIGINT at any moment, every process at the same point.
 
-Schedulers preempt with SIGTERM, then SIGKILL after a grace period; people press
-Ctrl-C. Training polls ``Listener.reached(step)`` after each step; when it says so,
-the loop saves that step and raises ``Preempted``, and the entry point exits with
-128 + the signal (143, 130), so schedulers see an interrupted job.
+Schedulers preempt with SIGTERM and send SIGKILL after a grace period (about 30 s on
+cloud VMs); people press Ctrl-C. The notice can land anywhere, and the run must end
+within seconds with the newest step it reached on disk:
 
-A lone process catches both signals itself. Under ``jax.distributed``, JAX's
-preemption notifier owns SIGTERM and tells the coordination service, and every
-process learns at the same step from ``multihost_utils.reached_preemption_sync_point``
-(a signal to one host stops them all); SIGINT is passed on as SIGTERM so that
-the same agreement covers it. Signals that arrive while the checkpoint is written
-are noted and ignored: orbax renames a checkpoint into place only when complete.
+- **During start-up** (restore, compilation, the missed evaluation of a resumed run:
+  minutes on a pod) nothing has been trained since the newest checkpoint, so every
+  process exits at once with 128 + the signal, whatever its main thread is doing. A
+  thread reads the signal through ``signal.set_wakeup_fd``: the main thread may be in
+  an XLA compilation that returns to Python only when it is done.
+- **Afterwards** the main thread calls ``Listener.poll()`` after every training step
+  and every evaluation batch; it returns True at the same poll on every process, and
+  the training loop saves the step reached (abandoning an evaluation) and raises
+  ``Preempted``. The entry point exits with 128 + the signal (143, 130).
+
+Several processes agree as JAX's preemption sync manager does: on a notice each one
+reports how many polls it has passed, waits at a barrier, and all stop at the poll
+after the fastest one's. JAX's own manager cannot be used for this: it counts from
+step 0, which a resumed run never calls (a notice before the first step is lost), it
+tells nothing before that step, and it owns SIGTERM without saying which signal came.
+So the protocol runs here on the coordination service of ``jax.distributed`` (its
+key-value store and barriers), and the notice carries the signal: every process exits
+with the same status. ``cli.initialize_distributed`` switches JAX's own service off.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
+import sys
+import threading
 
 import jax
 from absl import logging
-from jax.experimental import multihost_utils
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_KEYS = "fcn_jax/preemption"  # Coordination-service keys of this run's agreement.
+_NOTICE = f"{_KEYS}/notice"  # The first signal any process received.
+_AGREEMENT_TIMEOUT_MS = 20_000  # Well inside the grace period before SIGKILL.
+_WATCH_INTERVAL_S = 0.25  # How often a process looks for another one's notice.
 
 
 class Preempted(Exception):
@@ -34,41 +51,181 @@ class Preempted(Exception):
 
 
 class Listener:
-    """Notes SIGTERM/SIGINT while training runs (a context manager); restores the
-    previous handlers on exit."""
+    """SIGTERM/SIGINT for the duration of a training run (a context manager).
+
+    It starts in start-up, where a notice ends the process at once; ``running()``
+    marks the first training step, after which notices stop the run at a ``poll()``.
+    """
 
     def __init__(self):
-        self.signum: int | None = None  # The signal this process received, if any.
-        self._distributed = jax.process_count() > 1
-        self._previous = {}
+        self.signum: int | None = None  # The agreed signal, once there is a notice.
+        self.stopping = False  # poll() said stop: the loop is saving and leaving.
+        self._running = False
+        self._polls = 0  # Polls passed; the same sequence on every process.
+        self._stop_at: int | None = None
+        self._poll_lock = threading.Lock()  # Held while the processes agree.
+        self._pending = False  # A signal reached this process; its agreement may follow.
+        self._agreed = threading.Event()
+        self._notice_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._connected = False  # jax.distributed is up: the other processes can be told.
+        self._previous: dict = {}
+        self._threads: list[threading.Thread] = []
 
+    # -- the main thread's side -------------------------------------------------------
     def __enter__(self) -> Listener:
-        # JAX's notifier keeps SIGTERM when several processes run; we take SIGINT.
-        for signum in (signal.SIGINT,) if self._distributed else SIGNALS:
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        self._start(self._read_signals)
+        self._start(self._watch_other_processes)
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
+        os.write(self._wake_write, b"\0")  # Wakes the signal reader: 0 is no signal.
+        for thread in self._threads:
+            thread.join(timeout=5)
+        signal.set_wakeup_fd(self._previous_wakeup)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
-    def _handle(self, signum, frame) -> None:
-        del frame
-        if self.signum is not None:
-            logging.warning("%s again: still saving; kill -9 to stop now", signal.strsignal(signum))
-            return
-        self.signum = signum
-        logging.warning("%s: saving after the current step", signal.strsignal(signum))
-        if self._distributed:  # Let JAX's notifier tell the other processes.
-            os.kill(os.getpid(), signal.SIGTERM)
+    def connected(self) -> None:
+        """jax.distributed has started: from now on the processes tell each other. (Before,
+        a notice ends only the process that got it: there is nothing to save yet.)"""
+        self._connected = True
 
-    def reached(self, step: int) -> bool:
-        """Whether to stop after ``step``; all processes call it at every step."""
-        if not self._distributed:
-            return self.signum is not None
-        return multihost_utils.reached_preemption_sync_point(step)
+    def running(self) -> None:
+        """Start-up is over (the first training step is on its way to the devices): from
+        now on a notice stops the run at a poll."""
+        with self._poll_lock:
+            self._running = True
+
+    def poll(self) -> bool:
+        """Whether to stop now. Every process calls it at the same points: after each
+        training step and each evaluation batch. Blocks while the processes agree, and
+        after a signal to this process until they have: a signal before a poll stops
+        the run at that poll."""
+        if self._pending:
+            self._agreed.wait()
+        with self._poll_lock:
+            self._polls += 1
+            self.stopping = self.stopping or (
+                self._stop_at is not None and self._polls >= self._stop_at
+            )
+        return self.stopping
 
     @property
     def exit_signal(self) -> int:
-        """The signal to report: this process's own, else the agreed SIGTERM."""
         return self.signum or signal.SIGTERM
+
+    def _handle(self, signum, frame) -> None:
+        """Python's handler, run by the main thread between two bytecodes: notes that the
+        next poll must wait for the agreement, which the signal reader thread makes."""
+        del signum, frame
+        self._pending = True
+
+    # -- the threads' side -------------------------------------------------------------
+    def _coordination(self):
+        """The coordination service's client once connected and when several processes
+        run, else None. Looks it up without starting JAX's backends."""
+        if not self._connected:
+            return None
+        from jax._src import distributed  # What orbax's multihost utilities use, too.
+
+        state = distributed.global_state
+        return state.client if state.client is not None and state.num_processes > 1 else None
+
+    def _start(self, target) -> None:
+        thread = threading.Thread(target=target, name=f"fcn_jax {target.__name__}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _read_signals(self) -> None:
+        while not self._closing.is_set():
+            readable, _, _ = select.select([self._wake_read], [], [])
+            for signum in os.read(self._wake_read, 64) if readable else b"":
+                if signum in SIGNALS and not self._closing.is_set():
+                    self._notice(signum, here=True)
+
+    def _watch_other_processes(self) -> None:
+        while not self._closing.wait(_WATCH_INTERVAL_S) and self.signum is None:
+            client = self._coordination()
+            if client is None:  # One process, or jax.distributed not started yet.
+                continue
+            try:
+                value = client.key_value_try_get(_NOTICE)
+            except jax.errors.JaxRuntimeError:  # Not there (yet), or the service is gone.
+                continue
+            self._notice(int(value), here=False)
+
+    def _notice(self, signum: int, here: bool) -> None:
+        with self._notice_lock:
+            if self.signum is not None:
+                if here:
+                    logging.warning(
+                        "%s again: %s; kill -9 to stop now",
+                        signal.strsignal(signum),
+                        "saving the step reached"
+                        if self.stopping
+                        else "stopping at the next step or evaluation batch",
+                    )
+                return
+            if here and self._coordination() is not None:
+                signum = self._publish(signum)
+            self.signum = signum
+        where = "received" if here else "received by another process"
+        logging.warning("%s %s: stopping", signal.strsignal(signum), where)
+        self._agree()
+
+    def _publish(self, signum: int) -> int:
+        """Tells the other processes; the first notice of the run wins."""
+        client = self._coordination()
+        try:
+            client.key_value_set(_NOTICE, str(signum))
+        except jax.errors.JaxRuntimeError:  # Another process published first.
+            return int(client.blocking_key_value_get(_NOTICE, _AGREEMENT_TIMEOUT_MS))
+        return signum
+
+    def _agree(self) -> None:
+        """Every process reports the polls it has passed ("start-up" before the first
+        step); all stop after the fastest one's next poll, or exit now if any process is
+        still starting up (no step can have finished without it)."""
+        with self._poll_lock:  # The main thread waits at its next poll until agreed.
+            mine = str(self._polls) if self._running else "start-up"
+            reports, client = [mine], self._coordination()
+            if client is not None:
+                try:
+                    client.key_value_set(f"{_KEYS}/at/{_process_id()}", mine)
+                    client.wait_at_barrier(f"{_KEYS}/barrier", _AGREEMENT_TIMEOUT_MS)
+                    reports = [v for _, v in client.key_value_dir_get(f"{_KEYS}/at/")]
+                except Exception as e:  # noqa: BLE001 - a process that does not answer.
+                    logging.error("The processes could not agree where to stop: %s", e)
+                    self._exit_now("without agreement", together=False)
+            if "start-up" in reports:
+                self._exit_now("during start-up: nothing was trained since the newest checkpoint")
+            self._stop_at = max(map(int, reports)) + 1
+        self._agreed.set()
+
+    def _exit_now(self, why: str, together: bool = True) -> None:
+        """Ends the process from this thread. Start-up writes nothing that this could cut
+        in half: checkpoints set aside and metrics attached are renamed into place.
+        ``together``: the processes leave jax.distributed together first, so that none
+        finds the coordination service (in process 0) gone and aborts."""
+        logging.warning("preempted %s; run the same command to resume", why)
+        if together and self._coordination() is not None:
+            jax.distributed.shutdown()
+        logging.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + self.exit_signal)
+
+
+def _process_id() -> int:
+    from jax._src import distributed
+
+    return distributed.global_state.process_id

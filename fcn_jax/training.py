@@ -15,7 +15,9 @@ from clu import metric_writers
 
 from fcn_jax import (
     checkpointing,
+    damage,
     evaluation,
+    event_files,
     init_from,
     input_pipeline,
     models,
@@ -70,11 +72,16 @@ def _check_finite(step: int, step_metrics, manager) -> None:
     )
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, listener: preemption.Listener | None = None) -> dict:
     """Trains (resuming from the latest checkpoint in workdir); returns the last eval metrics.
 
-    On SIGTERM/SIGINT it saves the step it reached and raises preemption.Preempted.
+    On SIGTERM/SIGINT it saves the step it reached and raises preemption.Preempted (in
+    start-up, where nothing is unsaved, the process exits at once). ``listener``: the
+    entry point's, entered before the slow imports; by default one for this call.
     """
+    if listener is None:
+        with preemption.Listener() as listener:
+            return train_and_evaluate(config, workdir, listener)
     validate_config(config)
     mesh = sharding.make_mesh(config.mesh.shape)
     sharding.check_batch_sizes(
@@ -85,25 +92,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
         },
     )
     input_pipeline.check_eval_split(config)  # Before hours of training, not after.
+    damage.set_aside_unreadable_json(workdir)
     manager = checkpointing.make_manager(
         workdir,
         config.keep_checkpoints,
         every_steps=config.checkpoint_every_steps,
         every_minutes=config.checkpoint_every_minutes,
+        listener=listener,
     )
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
     try:
-        with preemption.Listener() as listener:
-            return _train(config, manager, mesh, writer, listener)
+        return _train(config, workdir, manager, mesh, writer, listener)
     finally:
-        manager.wait_until_finished()
+        manager.wait_until_finished()  # Still listening: a signal now cannot cut it short.
         manager.close()
         writer.close()
 
 
-def _train(config, manager, mesh, writer, listener) -> dict:
+def _train(config, workdir, manager, mesh, writer, listener) -> dict:
     programs = None
 
     def compiled() -> steps.Programs:  # Once the normalisation is known.
@@ -111,10 +119,11 @@ def _train(config, manager, mesh, writer, listener) -> dict:
         programs = programs or steps.compile_steps(config, mesh)
         return programs
 
-    start, state = checkpointing.restore_newest(
+    start, state = damage.restore_newest(
         manager, lambda step: _resume(manager, step, config, compiled)
     )
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    eval_metrics = {}
     if start is None:
         init_from.resolve_normalization(config, None, None)
         state, start = compiled().init(init_rng), 0
@@ -123,6 +132,11 @@ def _train(config, manager, mesh, writer, listener) -> dict:
         writer.write_hparams(_flat_hparams(config))
     else:
         logging.info("Resumed from checkpoint %d in %s", start, manager.directory)
+        if jax.process_index() == 0:  # Events a killed run wrote after its checkpoint.
+            event_files.discard_after(workdir, start)
+        if _evaluation_due(start, config) and not checkpointing.is_ranked(manager, start):
+            logging.info("Checkpoint %d was saved but not evaluated", start)
+            eval_metrics = _evaluate(programs, state, config, manager, start, writer, listener)
     logging.info(
         "Training %s (%d parameters) on mesh %s, global batch %d",
         _model_name(config.model),
@@ -132,46 +146,83 @@ def _train(config, manager, mesh, writer, listener) -> dict:
     )
     batches = input_pipeline.train_iterator(config, start_step=start)
     progress = _Progress(start, config.num_train_steps, config.batch_size)
-    history, previous, eval_metrics = [], None, {}
+    history, previous, path = [], None, None
+    checkpointing.start_clock(manager)
     for step in range(start + 1, config.num_train_steps + 1):
         local = next(batches)
         input_pipeline.check_labels(local["label"], config.model.num_classes)
         state, step_metrics = programs.train_step(
             state, sharding.global_batch(local, mesh), dropout_rng
         )
+        listener.running()  # The first step is on its way: no longer start-up.
         if previous is not None:  # Check the step before, so the device keeps busy.
             _check_finite(step - 1, previous, manager)
         previous = step_metrics
         history.append(step_metrics)
+        stopping = listener.poll()  # The processes' one agreement per step.
         is_last = step == config.num_train_steps
-        # Every process asks at every step: under jax.distributed these are agreements.
-        preempted = listener.reached(step)
-        due = manager.should_save(step) or is_last or preempted
-        if step % config.log_every_steps == 0 or is_last or preempted:
+        evaluating = _evaluation_due(step, config)
+        # orbax's save decision includes the preemption's (PreemptionCheckpointingPolicy).
+        due = manager.should_save(step) or evaluating or is_last
+        if step % config.log_every_steps == 0 or is_last or stopping:
             summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(history)).items()}
             summary.update(progress(step))
             writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             history = []
-        evaluating = step % config.eval_every_steps == 0 or is_last
-        if due or evaluating:  # Never evaluate or save a diverged state.
+        if due:  # Never save a diverged state. Saved before evaluating: see checkpointing.
             _check_finite(step, step_metrics, manager)
-        if preempted:
             path = checkpointing.save(manager, step, state, config)
-            manager.wait_until_finished()
-            error = preemption.Preempted(listener.exit_signal, step, path)
-            logging.warning("%s", error)
-            raise error
-        evaluated = None
+        if stopping:
+            raise _preempted(manager, listener, step, path)
         if evaluating:
-            result = _evaluate_or_save(programs, state, config, manager, step)
-            eval_metrics = result.metrics
-            evaluated = evaluation.scalar_metrics(eval_metrics)
-            _write_eval_summaries(writer, step, result, config)
-        if due:
-            checkpointing.save(manager, step, state, config, evaluated)
+            eval_metrics = _evaluate(programs, state, config, manager, step, writer, listener)
     if previous is not None:
         _check_finite(config.num_train_steps, previous, manager)
+    manager.wait_until_finished()
+    if listener.poll():  # A signal during the last save: it is on disk now.
+        raise _preempted(manager, listener, config.num_train_steps, path)
     return eval_metrics
+
+
+def _evaluation_due(step: int, config) -> bool:
+    return step % config.eval_every_steps == 0 or step == config.num_train_steps
+
+
+def _preempted(manager, listener, step: int, path) -> preemption.Preempted:
+    manager.wait_until_finished()
+    error = preemption.Preempted(listener.exit_signal, step, path)
+    logging.warning("%s", error)
+    return error
+
+
+def _evaluate(programs, state, config, manager, step: int, writer, listener) -> dict:
+    """Evaluates the saved step, attaches its mean IoU to its checkpoint (which ranks it for
+    ``best``) and writes the summaries. A preemption abandons it within one batch: the
+    step is on disk, and the evaluation runs first thing when the run resumes. If it
+    fails (out of memory with TTA, say), the step is saved all the same."""
+    logging.info("Evaluating step %d on %s", step, config.dataset.eval_split)
+    try:
+        result = evaluation.evaluate(
+            programs,
+            steps.variables(state),
+            config,
+            num_examples=config.eval_summary_images,
+            stop=listener.poll,
+        )
+    except evaluation.Abandoned as e:
+        logging.warning("Step %d: %s; it runs first when the run resumes", step, e)
+        raise _preempted(manager, listener, step, checkpointing.step_path(manager, step)) from None
+    except Exception:
+        manager.wait_until_finished()
+        logging.warning(
+            "Evaluation at step %d failed; the step is saved, and its evaluation runs first "
+            "when the run resumes",
+            step,
+        )
+        raise
+    checkpointing.attach_metrics(manager, step, result.metrics)
+    _write_eval_summaries(writer, step, result, config)
+    return result.metrics
 
 
 def _model_name(m) -> str:
@@ -194,20 +245,6 @@ def _resume(manager, step: int, config, compiled) -> steps.TrainState:
         opt_state=programs.init_optimizer(variables["params"], step_array),
         **variables,
     )
-
-
-def _evaluate_or_save(programs, state, config, manager, step: int):
-    """Evaluates; if evaluation fails (out of memory with TTA, say), the step is saved
-    (unranked) before the error ends the run, so no training is lost to it."""
-    try:
-        return evaluation.evaluate(
-            programs, steps.variables(state), config, num_examples=config.eval_summary_images
-        )
-    except Exception:
-        checkpointing.save(manager, step, state, config)
-        manager.wait_until_finished()
-        logging.warning("Evaluation at step %d failed; saved that step first", step)
-        raise
 
 
 def _write_eval_summaries(writer, step: int, result, config) -> None:

@@ -69,6 +69,14 @@ def tiny_config():
     return make
 
 
+def save_ranked(manager, step, state, config, mean_iou):
+    """A checkpoint as training leaves an evaluated step: saved, then ranked by its mean IoU."""
+    from fcn_jax import checkpointing
+
+    checkpointing.save(manager, step, state, config)
+    checkpointing.attach_metrics(manager, step, {"mean_iou": mean_iou})
+
+
 def convert_cli(*args):
     """``python -m fcn_jax.convert ARGS`` as a user runs it, from the repository root."""
     return subprocess.run(

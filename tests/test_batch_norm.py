@@ -21,6 +21,7 @@ from fcn_jax import (
     steps,
     training,
 )
+from tests.conftest import save_ranked
 from tests.test_models import PARAM_COUNTS, abstract_init
 from tests.test_training import mesh_of, run_steps, train_steps
 
@@ -171,8 +172,7 @@ def test_staged_training_carries_the_statistics(tiny_config, tmp_path):
         ),
     )
     manager = checkpointing.make_manager(str(tmp_path / "fcn32s"))
-    checkpointing.save(manager, 2, state, stage1, {"mean_iou": 0.5})
-    manager.wait_until_finished()
+    save_ranked(manager, 2, state, stage1, 0.5)
     manager.close()
     stage2 = bn_config(tiny_config, model__variant="fcn16s", init_from=str(tmp_path / "fcn32s"))
     programs = steps.compile_steps(stage2, mesh)

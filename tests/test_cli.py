@@ -60,11 +60,15 @@ def run(script, *args, devices=1, timeout=600):
 
 
 def test_demo_trains_and_evaluates_through_the_cli(tmp_path):
-    result = run("train.py", *TINY, f"--workdir={tmp_path}")
+    # A repeated tuple field: the last one counts, as for every other flag.
+    mesh = ["--config.mesh.shape=(2,2)", "--config.mesh.shape=(1,1)"]
+    result = run("train.py", *TINY, *mesh, f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     for needle in ("train/loss=", "train/images_per_sec=", "train/eta_minutes=", "eval/mean_iou="):
         assert needle in log
+    assert "mesh {'data': 1, 'model': 1}" in log
+    assert "tracked_metric" not in log  # orbax's warning at every save made before its eval.
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
     result = run("eval.py", *TINY, f"--workdir={tmp_path}")
@@ -148,32 +152,36 @@ def wait_for(log, needle, proc, timeout=300):
 NOISE = ("Traceback", "Event loop is closed", "Future exception was never retrieved")
 
 
-def test_sigterm_saves_and_exits_143_and_a_damaged_checkpoint_is_one_line(tmp_path):
+def test_sigterm_during_a_slow_evaluation_saves_and_exits_143_and_damage_is_one_line(tmp_path):
+    """The evaluation of step 4 (TTA on 128x128 images): SIGTERM as it starts abandons it
+    within a batch, and step 4, saved before the evaluation began, is on disk."""
     args = [
         *TINY,
+        "--config.dataset.image_size=(128,128)",
+        "--config.inference.flip=True",
+        "--config.inference.scales=(0.75,1.0,1.25)",
         "--config.num_train_steps=400",
         "--config.checkpoint_every_steps=1000",
-        "--config.eval_every_steps=1000",
         f"--workdir={tmp_path}",
     ]
     log = tmp_path / "train.log"
     proc = start("train.py", *args, log=log)
-    wait_for(log, "train/loss=", proc)
+    wait_for(log, "Evaluating step 4 on validation", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
     text = log.read_text()
-    (step,) = re.findall(r"preempted at step (\d+); saved \S+/checkpoints/\1; run the same", text)
-    assert 2 <= int(step) < 400
-    assert os.listdir(tmp_path / "checkpoints") == [step]  # Not a checkpoint step: saved anyway.
+    assert re.search(r"preempted at step 4; saved \S+/checkpoints/4; run the same", text)
+    (done, total) = map(int, re.search(r"abandoned after (\d+) of (\d+) batches", text).groups())
+    assert done < total, text[-3000:]
+    assert os.listdir(tmp_path / "checkpoints") == ["4"]  # Not a checkpoint step: saved anyway.
     assert not any(n in text for n in NOISE), text[-3000:]
 
-    (data,) = (tmp_path / "checkpoints" / step / "state" / "d").iterdir()
+    (data,) = (tmp_path / "checkpoints" / "4" / "state" / "d").iterdir()
     os.truncate(data, data.stat().st_size // 2)
-    result = run("eval.py", *TINY, f"--workdir={tmp_path}", f"--checkpoint={step}")
+    result = run("eval.py", *TINY, f"--workdir={tmp_path}", "--checkpoint=4")
     assert result.returncode == 1
     assert re.search(
-        rf"^error: checkpoint {step} in \S+ cannot be restored \(.*\); "
-        "no other checkpoint there can$",
+        r"^error: checkpoint 4 in \S+ cannot be restored \(.*\); no other checkpoint there can$",
         result.stderr,
         re.M,
     ), result.stderr[-3000:]
@@ -181,11 +189,9 @@ def test_sigterm_saves_and_exits_143_and_a_damaged_checkpoint_is_one_line(tmp_pa
 
     result = run("train.py", *args)  # Nothing restores: one line, the checkpoint set aside.
     assert result.returncode == 1
-    assert re.search(
-        rf"^error: no checkpoint in \S+ can be restored: {step} \(", result.stderr, re.M
-    )
+    assert re.search(r"^error: no checkpoint in \S+ can be restored: 4 \(", result.stderr, re.M)
     assert not any(n in result.stderr for n in NOISE), result.stderr[-3000:]
-    assert os.listdir(tmp_path / "checkpoints_damaged") == [step]
+    assert os.listdir(tmp_path / "checkpoints_damaged") == ["4"]
 
 
 STEPS = 12  # Long enough for a signal at the first logged step to land mid-run.
@@ -263,6 +269,17 @@ def test_two_processes_preempted_and_resumed_train_like_one(tmp_path, tiny_confi
     assert int(stopped[0][0]) < STEPS
     assert os.listdir(tmp_path / "two" / "checkpoints") == stopped[0]
     assert "Process 1 of 2; 2 local of 4 devices" in logs[1].read_text()
+    # Ctrl-C to process 1 as it starts up (restore and compilation to come): both end at
+    # once with its status, having trained nothing, and the checkpoint stays as it was.
+    procs = two_processes("starting")
+    wait_for(tmp_path / "starting1.log", "Process 1 of 2", procs[1])
+    procs[1].send_signal(signal.SIGINT)
+    for i, p in enumerate(procs):
+        text = (tmp_path / f"starting{i}.log").read_text
+        assert p.wait(timeout=120) == 130, text()[-3000:]
+        assert "preempted during start-up: nothing was trained since the newest" in text()
+        assert "train/loss=" not in text()
+    assert os.listdir(tmp_path / "two" / "checkpoints") == stopped[0]
     # ... and the same command finishes the run.
     procs = two_processes("resumed")
     for i, p in enumerate(procs):

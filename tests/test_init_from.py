@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fcn_jax import checkpointing, convert, evaluation, init_from, models, sharding, steps, training
+from tests.conftest import save_ranked
 
 # The head of the tiny test configs (the demo's): weights with score layers record it.
 SAME_HEAD = {"geometry": "same", "at_once": False}
@@ -182,10 +183,7 @@ def test_staged_training_starts_from_another_runs_best_checkpoint(tiny_config, t
     trained = {}
     for step, seed, mean_iou in ((2, 1, 0.6), (4, 2, 0.4)):  # The latest is not the best.
         trained[step] = tiny_params("fcn32s", seed=seed)
-        checkpointing.save(
-            manager, step, state.replace(params=trained[step]), stage1, {"mean_iou": mean_iou}
-        )
-    manager.wait_until_finished()
+        save_ranked(manager, step, state.replace(params=trained[step]), stage1, mean_iou)
     manager.close()
     params = start_fcn16s_from(tiny_config, tmp_path / "fcn32s", tmp_path / "fcn16s")
     for name in (*models.BACKBONE_LAYERS, "score_fr"):

@@ -2,21 +2,35 @@
 
 A run stopped by SIGTERM/SIGINT, by a damaged checkpoint or by a changed optimizer
 must resume to exactly (bitwise, on CPU) the parameters of an uninterrupted run.
-The CLI's exit statuses and two processes are in tests/test_cli.py.
+The CLI's exit statuses, start-up and two processes are in tests/test_cli.py (a
+notice in start-up ends the process itself, which a test cannot do in pytest's).
 """
 
 import datetime
 import glob
+import logging
 import os
+import shutil
 import signal
+import time
 import types
 
 import jax
 import numpy as np
 import pytest
+from orbax.checkpoint import checkpoint_managers as cm
 
-from fcn_jax import checkpointing, evaluation, input_pipeline, optim, preemption
-from tests.test_training import saved_params, train
+from fcn_jax import (
+    checkpointing,
+    damage,
+    evaluation,
+    input_pipeline,
+    optim,
+    preemption,
+    training,
+)
+from tests.conftest import save_ranked
+from tests.test_training import logged_steps, saved_params, train
 
 STEPS = 6  # Checkpoints every 2 steps (tiny_config), evaluation at the end only.
 
@@ -28,15 +42,14 @@ def config(tiny_config):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The parameters of a run that nobody stopped, computed once."""
+    """A run that nobody stopped, trained once: get(config) -> its workdir."""
     cache = {}
 
     def get(config):
-        if "params" not in cache:
-            workdir = tmp_path_factory.mktemp("uninterrupted")
-            train(config, workdir)
-            cache["params"] = saved_params(workdir, STEPS)
-        return cache["params"]
+        if "workdir" not in cache:
+            cache["workdir"] = tmp_path_factory.mktemp("uninterrupted")
+            train(config, cache["workdir"])
+        return cache["workdir"]
 
     return get
 
@@ -83,17 +96,91 @@ def test_a_signal_saves_the_step_reached_and_the_resumed_run_is_exact(
         (data,) = glob.glob(str(tmp_path / "checkpoints" / "3" / "state" / "d" / "*"))
         os.truncate(data, size := os.path.getsize(data) // 3)
         with pytest.raises(
-            checkpointing.DamagedCheckpointError,
+            damage.DamagedCheckpointError,
             match=r"^checkpoint 3 in .* cannot be restored \(.*not valid for value of size.*\); "
             r"these can: \[2\] \(pass --checkpoint=<step>\)$",
         ):
             evaluation.evaluate_checkpoint(config(), str(tmp_path), "3")
         assert os.path.isdir(tmp_path / "checkpoints" / "3")  # Eval moves nothing.
     train(config(), tmp_path)
-    assert_bitwise_equal(saved_params(tmp_path, STEPS), uninterrupted(config()))
+    assert_bitwise_equal(
+        saved_params(tmp_path, STEPS), saved_params(uninterrupted(config()), STEPS)
+    )
     if damaged:
         moved = tmp_path / "checkpoints_damaged" / "3" / "state" / "d" / os.path.basename(data)
         assert moved.stat().st_size == size  # Set aside as it was, not deleted.
+
+
+def test_evaluations_are_saved_first_abandoned_on_a_signal_and_run_on_resume(
+    config, uninterrupted, tmp_path, monkeypatch
+):
+    """Evaluations at 4 and 6 (the last), checkpoints every 3 steps: every evaluated step is
+    saved before its evaluation and ranked after it. A signal during the step-4 evaluation
+    abandons it within a batch; the resumed run evaluates step 4 first. A signal while the
+    last evaluation is written ends the run preempted once its checkpoint is on disk."""
+    settings = config(eval_every_steps=4, checkpoint_every_steps=3, keep_checkpoints=9)
+    real_eval_iterator, real_summaries = (
+        input_pipeline.eval_iterator,
+        training._write_eval_summaries,
+    )
+    batches_seen = []
+
+    def signal_at_second_batch(cfg):
+        batches, count = real_eval_iterator(cfg)
+
+        def signalling():
+            for i, batch in enumerate(batches, 1):
+                if i == 2:
+                    # The step's checkpoint was written before its evaluation began.
+                    assert (tmp_path / "checkpoints" / "4").is_dir()
+                    os.kill(os.getpid(), signal.SIGTERM)
+                batches_seen.append(i)
+                yield batch
+
+        return signalling(), count
+
+    with monkeypatch.context() as m:
+        m.setattr(input_pipeline, "eval_iterator", signal_at_second_batch)
+        with pytest.raises(preemption.Preempted, match="preempted at step 4; saved .*/4;"):
+            train(settings, tmp_path)
+    assert 2 <= max(batches_seen) <= 3 < 8  # Abandoned within a batch of the signal.
+    manager = checkpointing.make_manager(str(tmp_path), read_only=True)
+    assert manager.all_steps() == [3, 4] and manager.best_step() is None
+    manager.close()
+
+    def signal_while_writing_summaries(writer, step, result, cfg):
+        real_summaries(writer, step, result, cfg)
+        if step == STEPS:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "_write_eval_summaries", signal_while_writing_summaries)
+        with pytest.raises(preemption.Preempted, match=f"preempted at step {STEPS}; saved"):
+            train(settings, tmp_path)  # Evaluates step 4 first, then trains 5 and 6.
+    assert train(settings, tmp_path) == {}  # Finished: nothing more to evaluate or train.
+
+    manager = checkpointing.make_manager(str(tmp_path), read_only=True)
+    ranked = {s: manager.metrics(s) for s in manager.all_steps()}
+    manager.close()
+    assert sorted(ranked) == [3, 4, 6] and ranked[3] is None  # 3 was saved, not evaluated.
+    assert ranked[4]["mean_iou"] > 0 and ranked[6]["mean_iou"] > 0
+    assert logged_steps(tmp_path, "eval/mean_iou") == [
+        4,
+        STEPS,
+    ]  # Each evaluation once, the missed one too.
+    assert_bitwise_equal(
+        saved_params(tmp_path, STEPS), saved_params(uninterrupted(config()), STEPS)
+    )
+
+
+def test_best_says_so_when_no_checkpoint_was_evaluated(tiny_config, tmp_path, caplog):
+    manager = checkpointing.make_manager(str(tmp_path))
+    checkpointing.save(manager, 2, {"w": np.zeros((3,), np.float32)}, tiny_config())
+    manager.wait_until_finished()
+    with caplog.at_level(logging.WARNING):
+        assert checkpointing.resolve_step(manager, "best") == 2
+    manager.close()
+    assert "has been evaluated, so none is best: using the latest, 2" in caplog.text
 
 
 def test_best_never_points_at_a_checkpoint_set_aside(tiny_config, tmp_path):
@@ -101,12 +188,11 @@ def test_best_never_points_at_a_checkpoint_set_aside(tiny_config, tmp_path):
     manager = checkpointing.make_manager(str(tmp_path))
     state = {"params": {"w": np.zeros((3,), np.float32)}}
     for step, miou in ((2, 0.1), (4, 0.9)):
-        checkpointing.save(manager, step, state, config, {"mean_iou": miou})
-    manager.wait_until_finished()
+        save_ranked(manager, step, state, config, miou)
     assert checkpointing.resolve_step(manager, "best") == 4
     os.remove(tmp_path / "checkpoints" / "4" / "state" / "manifest.ocdbt")
 
-    assert checkpointing.restore_newest(manager, lambda s: restore_all(manager, s))[0] == 2
+    assert damage.restore_newest(manager, lambda s: restore_all(manager, s))[0] == 2
     assert checkpointing.resolve_step(manager, "best") == 2
     manager.close()
     reopened = checkpointing.make_manager(str(tmp_path), read_only=True)
@@ -122,13 +208,87 @@ def test_when_no_checkpoint_restores_one_line_names_them(tiny_config, tmp_path):
     for step in ("2", "4"):
         os.remove(tmp_path / "checkpoints" / step / "state" / "manifest.ocdbt")
     with pytest.raises(
-        checkpointing.DamagedCheckpointError,
+        damage.DamagedCheckpointError,
         match=r"no checkpoint in .* can be restored: 4 \(.*\); 2 \(.*\)\. They were moved to "
         r".*checkpoints_damaged",
     ):
-        checkpointing.restore_newest(manager, lambda step: restore_all(manager, step))
+        damage.restore_newest(manager, lambda step: restore_all(manager, step))
     manager.close()
     assert sorted(os.listdir(tmp_path / "checkpoints_damaged")) == ["2", "4"]
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["metrics/metrics", "_CHECKPOINT_METADATA", "config/metadata", "state/_METADATA"],
+)
+def test_every_json_file_of_a_checkpoint_is_checked(tiny_config, tmp_path, relative):
+    manager = checkpointing.make_manager(str(tmp_path))
+    for step in (2, 4):
+        save_ranked(manager, step, {"w": np.zeros((3,), np.float32)}, tiny_config(), 0.5)
+    manager.close()
+    (tmp_path / "checkpoints" / "2" / relative).write_text("garbage{")
+    found = damage.unreadable_json(str(tmp_path / "checkpoints"))
+    assert list(found) == [2] and f"2/{relative}: Expecting value" in found[2]
+
+
+def test_a_damaged_metrics_file_is_named_by_eval_and_set_aside_by_training(
+    config, uninterrupted, tmp_path, caplog
+):
+    shutil.copytree(uninterrupted(config()), tmp_path, dirs_exist_ok=True)
+    (tmp_path / "checkpoints" / "4" / "metrics").mkdir()
+    (tmp_path / "checkpoints" / "4" / "metrics" / "metrics").write_text("garbage{")
+    with caplog.at_level(logging.WARNING):
+        _, restored = evaluation.evaluate_checkpoint(config(), str(tmp_path))
+        assert restored.step == STEPS  # The best, which is readable.
+        assert os.path.isdir(tmp_path / "checkpoints" / "4")  # eval.py moves nothing.
+        train(config(), tmp_path)  # Finished: resumes at 6, trains nothing.
+    assert "Checkpoint 4 cannot be read (" in caplog.text and "4/metrics/metrics" in caplog.text
+    assert os.listdir(tmp_path / "checkpoints") == [str(STEPS)]
+    assert os.listdir(tmp_path / "checkpoints_damaged") == ["4"]
+
+
+def test_running_out_of_memory_or_a_checkpoint_deleted_meanwhile_is_not_damage(
+    tiny_config, tmp_path
+):
+    manager = checkpointing.make_manager(str(tmp_path))
+    for step in (2, 4):
+        checkpointing.save(manager, step, {"w": np.zeros((3,), np.float32)}, tiny_config())
+    manager.wait_until_finished()
+
+    def out_of_memory(step):
+        raise MemoryError("cannot allocate the optimizer state")
+
+    with pytest.raises(MemoryError):
+        damage.restore_newest(manager, out_of_memory)
+
+    def deleted_by_retention(step):
+        shutil.rmtree(tmp_path / "checkpoints" / str(step))
+        raise FileNotFoundError(f"{tmp_path}/checkpoints/{step}/state/manifest.ocdbt")
+
+    with pytest.raises(damage.CheckpointVanishedError, match="was deleted while it was being"):
+        damage.restore_named(manager, 4, deleted_by_retention)
+    manager.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    assert not (tmp_path / "checkpoints_damaged").exists()
+
+
+def test_damage_is_decided_reading_a_few_arrays_at_a_time(tiny_config, tmp_path, monkeypatch):
+    manager = checkpointing.make_manager(str(tmp_path))
+    state = {f"w{i}": np.full((1000,), i, np.float32) for i in range(6)}  # 4 kB each.
+    checkpointing.save(manager, 2, state, tiny_config())
+    manager.close()
+    read = []
+    real = damage.ocp.PyTreeCheckpointer.restore
+
+    def counting(self, directory, args):
+        restored = real(self, directory, args=args)
+        read.append(sum(x.nbytes for x in jax.tree.leaves(restored) if x is not ...))
+        return restored
+
+    monkeypatch.setattr(damage, "_READ_BYTES", 8100)
+    monkeypatch.setattr(damage.ocp.PyTreeCheckpointer, "restore", counting)
+    assert damage.unreadable(str(tmp_path / "checkpoints"), 2) is None
+    assert sorted(read) == [8000, 8000, 8000]  # Every array, never more than two at once.
 
 
 def test_checkpoints_every_few_minutes_besides_every_few_steps(config, tmp_path):
@@ -136,21 +296,31 @@ def test_checkpoints_every_few_minutes_besides_every_few_steps(config, tmp_path)
         config(checkpoint_every_steps=100, checkpoint_every_minutes=1e-9, keep_checkpoints=9),
         tmp_path,
     )
-    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == list(range(1, STEPS + 1))
+    saved = sorted(map(int, os.listdir(tmp_path / "checkpoints")))
+    # Step 1 by the minutes (orbax's continuous policy never saves while a save is still
+    # being written, which is why not every step is there), the last one always.
+    assert saved[0] == 1 and saved[-1] == STEPS
 
-    policy = checkpointing.EveryMinutes(10, started=datetime.datetime(2026, 1, 1, 12, 0))
+    policy = checkpointing.EveryMinutes(
+        minimum_interval_secs=600, started=datetime.datetime(2026, 1, 1, 12, 0)
+    )
+    context = cm.DecisionContext(
+        is_saving_in_progress=False,
+        reached_preemption=False,
+        multiprocessing_options=checkpointing.ocp.options.MultiprocessingOptions(),
+    )
 
     def due(minutes, previous=()):
         info = types.SimpleNamespace  # What orbax passes: a step and its time.
         now = info(step=7, time=datetime.datetime(2026, 1, 1, 12, minutes), metrics=None)
         saved = [
-            info(step=5, time=datetime.datetime(2026, 1, 1, 12, m), metrics=None) for m in previous
+            info(step=5, time=datetime.datetime(2026, 1, 1, 11, m), metrics=None) for m in previous
         ]
-        return policy.should_save(now, saved, context=None)
+        return policy.should_save(now, saved, context=context)
 
-    assert not due(9) and due(10)  # Since training started, when nothing was saved since.
-    assert not due(14, previous=[5]) and due(15, previous=[5])
-    assert not due(9, previous=[])  # A resumed run does not save on its first step.
+    # Counted from the end of start-up, also after a checkpoint older than that.
+    assert not due(9) and due(10)
+    assert not due(9, previous=[50]) and due(10, previous=[50])
 
 
 def test_a_bad_eval_split_fails_before_training(config, tmp_path):
@@ -159,7 +329,7 @@ def test_a_bad_eval_split_fails_before_training(config, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_a_failing_evaluation_saves_its_step_first(config, tmp_path, monkeypatch):
+def test_a_failing_evaluation_has_saved_its_step_first(config, tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise MemoryError("eval ran out of memory")
 
@@ -169,39 +339,53 @@ def test_a_failing_evaluation_saves_its_step_first(config, tmp_path, monkeypatch
     assert os.listdir(tmp_path / "checkpoints") == ["3"]
 
 
-def test_changing_the_optimizer_on_resume(config, tmp_path):
-    train(config(num_train_steps=4), tmp_path)
-    # Values that keep the optimizer state's structure carry over.
-    train(config(num_train_steps=4, optimizer__learning_rate=1e-4), tmp_path)
+def adam_counts(workdir, step):
+    manager = checkpointing.make_manager(str(workdir), read_only=True)
+    try:
+        state = restore_all(manager, step)["state"]
+    finally:
+        manager.close()
+    return sorted(int(c) for c in jax.tree.leaves(state["opt_state"]) if np.ndim(c) == 0)
+
+
+def test_changing_the_optimizer_on_resume(config, tmp_path, caplog):
+    train(config(num_train_steps=2), tmp_path)
+    # Values that keep the optimizer state's structure carry over; a changed schedule is
+    # logged with the learning rate before and after.
+    resumed = {"num_train_steps": 4, "optimizer__learning_rate": 1e-4}
+    with caplog.at_level(logging.WARNING):
+        train(config(**resumed), tmp_path)
+    before = optim.make_schedule(config().optimizer, 2)(2)  # Cosine: 0 at its end.
+    after = optim.make_schedule(config(optimizer__learning_rate=1e-4).optimizer, 4)(2)
+    assert (
+        f"(optimizer.learning_rate: 0.001 -> 0.0001; num_train_steps: 2 -> 4): at step 2 the "
+        f"learning rate was {float(before):.6g} and is now {float(after):.6g}" in caplog.text
+    )
+    assert float(before) == 0 and float(after) > 0
+    assert adam_counts(tmp_path, 4) == [4, 4]
     with pytest.raises(
         checkpointing.CheckpointMismatchError,
-        match=r"holds the state of another optimizer \(optimizer.grad_clip_norm: checkpoint "
-        r"has 0.0, config has 1.0\).*add --config.reset_optimizer=true",
+        match=r"holds the state of another optimizer \(optimizer.grad_clip_norm: 0.0 -> 1.0\)"
+        r".*add --config.reset_optimizer=true",
     ):
-        train(config(optimizer__grad_clip_norm=1.0), tmp_path)
+        train(config(**resumed, optimizer__grad_clip_norm=1.0), tmp_path)
     with pytest.raises(
         checkpointing.CheckpointMismatchError, match=r"warmup_steps=0: .*never apply"
     ):
-        train(config(optimizer__warmup_steps=10), tmp_path)
+        train(config(**resumed, optimizer__warmup_steps=10), tmp_path)
 
+    # reset_optimizer makes a new state also where the structure stays: Adam's moments and
+    # their count start afresh at step 4, the learning-rate schedule going on from there.
     before = saved_params(tmp_path, 4)
-    train(config(optimizer__grad_clip_norm=1.0, reset_optimizer=True), tmp_path)
-    manager = checkpointing.make_manager(str(tmp_path), read_only=True)
-    try:
-        state = manager.restore(
-            STEPS,
-            args=checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore()),
-        )["state"]
-    finally:
-        manager.close()
-    # The demo's Adam: its moments and their count started afresh at step 4 (2 steps
-    # since), while the learning-rate schedule went on from step 4 (not from 0).
-    counts = [int(c) for c in jax.tree.leaves(state["opt_state"]) if np.ndim(c) == 0]
-    assert sorted(counts) == [STEPS - 4, STEPS]
-    moved = jax.tree.map(
-        lambda a, b: float(np.abs(a - b).max()), before, jax.device_get(state["params"])
-    )
+    reset = config(num_train_steps=5, optimizer__learning_rate=5e-4, reset_optimizer=True)
+    train(reset, tmp_path)
+    assert adam_counts(tmp_path, 5) == [1, 5]
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), before, saved_params(tmp_path, 5))
     assert max(jax.tree.leaves(moved)) > 0
+    # The same command, run again after a preemption, continues that state.
+    reset.num_train_steps = STEPS
+    train(reset, tmp_path)
+    assert adam_counts(tmp_path, STEPS) == [2, STEPS]
 
 
 def test_init_at_starts_the_schedule_at_the_step(tiny_config):
@@ -214,3 +398,23 @@ def test_init_at_starts_the_schedule_at_the_step(tiny_config):
     np.testing.assert_allclose(tx.update(grads, fresh, params)[0]["w"]["kernel"], -schedule(0))
     np.testing.assert_allclose(tx.update(grads, later, params)[0]["w"]["kernel"], -schedule(7))
     assert schedule(7) < schedule(0) / 2
+
+
+def wait_until(condition, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_second_signal_says_what_is_happening(caplog):
+    with caplog.at_level(logging.WARNING), preemption.Listener() as listener:
+        listener.running()
+        assert not listener.poll()
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_until(lambda: listener.signum is not None)
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_until(lambda: "again" in caplog.text)
+        assert listener.poll() and listener.exit_signal == signal.SIGINT
+    assert "Interrupt received: stopping" in caplog.text
+    assert "Interrupt again: stopping at the next step or evaluation batch" in caplog.text

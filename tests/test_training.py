@@ -1,5 +1,6 @@
 """Train/eval steps over device meshes, checkpoints, resume, and bad input."""
 
+import glob
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from fcn_jax import checkpointing, evaluation, input_pipeline, sharding, steps, training
+from tests.conftest import save_ranked
 from tests.test_init_from import as_variables, tiny_params
 
 
@@ -99,6 +101,17 @@ def train(config, workdir):
     return training.train_and_evaluate(config, str(workdir))
 
 
+def logged_steps(workdir, tag: str) -> list[int]:
+    """The steps of summary ``tag`` in a run's TensorBoard files."""
+    from tensorboard.backend.event_processing import event_file_loader
+
+    steps = []
+    for path in glob.glob(str(workdir / "events.out.tfevents.*")):
+        for event in event_file_loader.EventFileLoader(path).Load():
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return sorted(steps)
+
+
 def saved_params(workdir, step):
     manager = checkpointing.make_manager(str(workdir), read_only=True)
     try:
@@ -121,6 +134,9 @@ def test_resume_continues_exactly_where_training_stopped(tiny_config, tmp_path):
     train(config, tmp_path / "b")
     a, b = saved_params(tmp_path / "a", 4), saved_params(tmp_path / "b", 4)
     jax.tree.map(np.testing.assert_array_equal, a, b)  # Bitwise, as after kill -9.
+    # TensorBoard shows each step once: the killed run's steps 3 and 4 were dropped.
+    for tag in ("train/loss", "eval/mean_iou"):
+        assert logged_steps(tmp_path / "b", tag) == [2, 4], tag
     saved = json.loads((tmp_path / "a" / "checkpoints" / "4" / "config" / "metadata").read_text())
     assert saved["model"]["num_classes"] == config.model.num_classes
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "a"))
@@ -151,15 +167,13 @@ def test_checkpoints_keep_latest_and_best_never_evicting_the_newest(tmp_path, ti
     config = tiny_config()
     manager = checkpointing.make_manager(str(tmp_path), keep=2)
     for step, miou in zip(range(1, 6), [0.1, 0.9, 0.2, 0.3, 0.4]):
-        checkpointing.save(manager, step, _fake_state(step), config, {"mean_iou": miou})
-        manager.wait_until_finished()
-    checkpointing.save(manager, 6, _fake_state(6), config, None)  # No eval at this step.
+        save_ranked(manager, step, _fake_state(step), config, miou)
+    checkpointing.save(manager, 6, _fake_state(6), config)  # No eval at this step.
     manager.wait_until_finished()
     manager.close()
     # A new manager (as after a restart) still knows the metrics, and keeps the best.
     manager = checkpointing.make_manager(str(tmp_path), keep=2)
-    checkpointing.save(manager, 7, _fake_state(7), config, {"mean_iou": 0.5})
-    manager.wait_until_finished()
+    save_ranked(manager, 7, _fake_state(7), config, 0.5)
     assert sorted(manager.all_steps()) == [2, 6, 7]
     manager.close()
     manager = checkpointing.make_manager(str(tmp_path), keep=2, read_only=True)
@@ -268,8 +282,7 @@ def test_checkpoints_from_before_batch_norm_evaluate_and_resume(tiny_config, tmp
         del earlier["model"][field]
     manager = checkpointing.make_manager(str(tmp_path))
     old_state = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-    checkpointing.save(manager, 2, old_state, ml_collections.ConfigDict(earlier), {"mean_iou": 0.1})
-    manager.wait_until_finished()
+    save_ranked(manager, 2, old_state, ml_collections.ConfigDict(earlier), 0.1)
     manager.close()
     result, restored = evaluation.evaluate_checkpoint(config, str(tmp_path), "latest")
     assert restored.step == 2 and restored.variables["batch_stats"] == {}
