@@ -26,6 +26,7 @@ with the same status. ``cli.initialize_distributed`` switches JAX's own service 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -85,7 +86,8 @@ class Listener:
 
     def __exit__(self, *exc) -> None:
         self._closing.set()
-        os.write(self._wake_write, b"\0")  # Wakes the signal reader: 0 is no signal.
+        with contextlib.suppress(BlockingIOError):  # Full: the reader is awake anyway.
+            os.write(self._wake_write, b"\0")  # Wakes the signal reader: 0 is no signal.
         for thread in self._threads:
             thread.join(timeout=5)
         signal.set_wakeup_fd(self._previous_wakeup)
@@ -164,6 +166,13 @@ class Listener:
             self._notice(int(value), here=False)
 
     def _notice(self, signum: int, here: bool) -> None:
+        try:
+            self._take_notice(signum, here)
+        except Exception as e:  # noqa: BLE001 - a thread must not die with the agreement.
+            logging.error("Stopping on %s failed: %s", signal.strsignal(signum), e)
+            self._exit_now("without agreement", together=False)
+
+    def _take_notice(self, signum: int, here: bool) -> None:
         with self._notice_lock:
             if self.signum is not None:
                 if here:
