@@ -25,8 +25,7 @@ class Weights:
     normalization: str  # The input normalisation the weights expect.
     backbone: str  # config.model.backbone of the network they fit.
     found: str  # Where the URLs and checksums come from.
-    # BatchNorm after fc6/fc7 (the MindSpore tutorial's network); None: not known before
-    # the file is read (it may lack fc6/fc7), which fits either.
+    # BatchNorm after fc6/fc7 and no biases (the MindSpore tutorial's VGG); None for ResNets.
     fc_batch_norm: bool | None = False
     # Whole FCNs: the network their score layers were trained in.
     variant: str | None = None
@@ -225,7 +224,7 @@ CATALOGUE = {
         layout="mindspore",
         normalization="mindspore",
         backbone="vgg16_bn",
-        fc_batch_norm=None,
+        fc_batch_norm=True,
         found=_MINDSPORE_FOUND.format(where="load_vgg16"),
     ),
     "mindspore:fcn8s": Weights(

@@ -77,7 +77,7 @@ def backbone_model(variables):
         )
     return models.FCN(
         backbone="vgg16_bn" if models.batch_norm_name("conv1_1") in params else "vgg16",
-        fc_batch_norm=models.batch_norm_name("fc6") in params,
+        fc_batch_norm=converted.fc_batch_norm(params),
         base_width=int(np.shape(params["conv1_1"]["kernel"])[-1]),
         fc_width=int(np.shape(params["fc6"]["kernel"])[-1]) if "fc6" in params else 4096,
     )
@@ -119,7 +119,7 @@ def convert(source, layout: str, *, variant=None, num_classes=None, at_once: boo
         )
         converted.merge_into(zeros, variables, source=f"the {layout} backbone")  # Every shape.
     depth = resnet.backbone_of(variables["params"])
-    if depth:  # ResNet FCNs are torchvision's models.
+    if depth and variant is not None:  # ResNet FCNs are torchvision's models.
         variant = f"fcn_{depth}"
     fields = {
         "variant": variant,

@@ -1,10 +1,12 @@
 """Converted weights on disk, what they record, and taking them into a model.
 
 A converted weights folder (``python -m fcn_jax.convert --output=DIR``, or the cache
-of ``weights.cache``) holds one orbax checkpoint per collection (``params``,
-``batch_stats``) and ``fcn_jax_weights.json``: the variant, classes, the input
-normalisation the weights expect, the backbone, and, for whole FCNs, the geometry and
-at-once setting their score layers were trained with.
+of ``weights.cache``) holds ``weights.npz`` (``<collection>/<layer>/<name>``: the
+``params`` and ``batch_stats`` arrays) and ``fcn_jax_weights.json``: the variant,
+classes, the input normalisation the weights expect, the backbone, and, for whole FCNs,
+the geometry and at-once setting their score layers were trained with. Any process
+writes and reads them alone (orbax, which folders of before hold, writes numpy arrays
+from process 0 only, so a weights cache on another host could not be written).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import orbax.checkpoint as ocp
 from fcn_jax import files, models, resnet
 from fcn_jax.weights.layouts import ConversionError
 
-META = "fcn_jax_weights.json"
+META, ARRAYS = "fcn_jax_weights.json", "weights.npz"
 COLLECTIONS = ("params", "batch_stats")
 
 
@@ -30,14 +32,22 @@ def backbone_name(params) -> str:
     return "vgg16_bn" if models.batch_norm_name("conv1_1") in params else "vgg16"
 
 
+def fc_batch_norm(params) -> bool | None:
+    """config.model.fc_batch_norm of VGG weights: BatchNorm after fc6/fc7, the MindSpore
+    tutorial's network, whose layers have no biases (also where a file lacks fc6/fc7);
+    None for a ResNet."""
+    if "conv1_1" not in params:
+        return None
+    return models.batch_norm_name("fc6") in params or "bias" not in params["conv1_1"]
+
+
 def describe(params, **fields) -> dict:
     """What a folder records of weights with ``params``: ``fields`` (variant, num_classes,
-    normalization, geometry, at_once) and what the layers say: the backbone, and whether
-    fc6/fc7 carry BatchNorms (None without fc6: such weights fit either)."""
+    normalization, geometry, at_once) and what the layers say (backbone, fc_batch_norm)."""
     return {
         **fields,
         "backbone": backbone_name(params),
-        "fc_batch_norm": models.batch_norm_name("fc6") in params if "fc6" in params else None,
+        "fc_batch_norm": fc_batch_norm(params),
         "layers": sorted(params),
     }
 
@@ -59,8 +69,8 @@ def save_weights(
     is read off the layers. ``geometry`` and ``at_once`` describe the head the
     score layers were trained with; None (a backbone alone) fits any head. Weights
     with score layers must give both: run in another geometry, or with skips 100x
-    and 10,000x off, they would give wrong results without an error. Only this
-    process writes, also under jax.distributed (the weights cache converts in one).
+    and 10,000x off, they would give wrong results without an error. The metadata is
+    written last: a folder without it is not converted weights.
     """
     params = variables["params"]
     if set(params) & set(models.HEAD_LAYERS) and (geometry is None or at_once is None):
@@ -70,16 +80,15 @@ def save_weights(
     path = os.path.abspath(path)
     if os.path.exists(path):
         raise ConversionError(f"{path} exists; choose a new --output")
-    this_process = jax.process_index()
-    checkpointer = ocp.StandardCheckpointer(
-        multiprocessing_options=ocp.options.MultiprocessingOptions(
-            primary_host=this_process, active_processes={this_process}
-        )
-    )
-    for collection in COLLECTIONS:  # Atomic each: a tmp dir, then a rename.
-        if variables.get(collection):
-            checkpointer.save(os.path.join(path, collection), variables[collection])
-            checkpointer.wait_until_finished()
+    os.makedirs(path)
+    arrays = {
+        f"{collection}/{layer}/{name}": np.asarray(value)
+        for collection in COLLECTIONS
+        for layer, leaves in variables.get(collection, {}).items()
+        for name, value in leaves.items()
+    }
+    with files.atomic_file(os.path.join(path, ARRAYS)) as f:
+        np.savez(f, **arrays)
     meta = describe(
         params,
         variant=variant,
@@ -108,11 +117,18 @@ def load_meta(path: str) -> dict:
 def load_weights(path: str):
     """(variables as numpy, meta dict) from a ``save_weights`` folder."""
     meta = load_meta(path)
-    checkpointer, variables = ocp.StandardCheckpointer(), {"params": {}, "batch_stats": {}}
-    for collection in COLLECTIONS:
-        folder = os.path.join(os.path.abspath(path), collection)
+    path, variables = os.path.abspath(path), {"params": {}, "batch_stats": {}}
+    if os.path.isfile(os.path.join(path, ARRAYS)):
+        with np.load(os.path.join(path, ARRAYS)) as arrays:
+            for key in arrays.files:
+                collection, layer, name = key.split("/")
+                variables[collection].setdefault(layer, {})[name] = arrays[key]
+        return variables, meta
+    for collection in COLLECTIONS:  # A folder written before: an orbax checkpoint each.
+        folder = os.path.join(path, collection)
         if os.path.isdir(folder):
-            variables[collection] = jax.tree.map(np.asarray, checkpointer.restore(folder))
+            restored = ocp.StandardCheckpointer().restore(folder)
+            variables[collection] = jax.tree.map(np.asarray, restored)
     return variables, meta
 
 

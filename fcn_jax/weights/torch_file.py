@@ -173,14 +173,21 @@ def _load_legacy(path, storages) -> object:
             if key not in storages:
                 raise FormatError(f"storage {key} is stored but never used")
             storage = storages[key]
-            (numel,) = struct.unpack("<q", f.read(8))
+            (numel,) = struct.unpack("<q", _read(f, 8, key))
             if numel != storage.numel:
                 raise FormatError(
                     f"storage {key} holds {numel} values, its tensors {storage.numel}"
                 )
-            data = f.read(numel * storage.dtype.itemsize)
+            data = _read(f, numel * storage.dtype.itemsize, key)
             storage.data = _storage_array(data, storage, "<", key)
     return obj
+
+
+def _read(f, size: int, key: str) -> bytes:
+    data = f.read(size)
+    if len(data) != size:
+        raise FormatError(f"the file ends inside storage {key} (a truncated download?)")
+    return data
 
 
 def _storage_array(data: bytes, storage: _Storage, order: str, key: str) -> np.ndarray:
