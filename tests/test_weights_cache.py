@@ -140,6 +140,18 @@ def test_a_name_is_downloaded_checked_converted_and_cached(server, cache_root, m
     assert_same(again, variables)
 
 
+def test_eval_runs_a_whole_fcn_by_name(server, cache_root, monkeypatch, tiny_config, tmp_path):
+    from tests.test_mindspore import tiny_mindspore_config
+
+    add_entry(monkeypatch, server.url + FILE)
+    config = tiny_mindspore_config(tiny_config, init_from=NAME)
+    restored = evaluation.restore(config, str(tmp_path / "run"))
+    assert (restored.source, restored.tag) == (f"weights {NAME}", "test_tiny_fcn8s")
+    assert config.dataset.normalization == "mindspore"
+    expected = convert.from_mindspore_checkpoint(CKPT, num_classes=3)[1]
+    assert_same(jax.device_get(restored.variables), expected)
+
+
 @pytest.mark.parametrize("failure", ["checksum", "drop", "page"])
 def test_a_failed_download_caches_nothing(failure, server, cache_root, monkeypatch):
     add_entry(monkeypatch, server.url + FILE, md5="0" * 32 if failure == "checksum" else None)
@@ -173,8 +185,11 @@ def test_offline_one_line_names_the_url_the_cache_path_and_the_mirror(cache_root
     assert line.startswith(f"error: cannot download {NAME} from its publisher ({url}: ")
     assert f"Put {FILE} at {target}, or set FCN_JAX_WEIGHTS_MIRROR" in line
     assert "\n" not in line
+    leftover = target.with_name(f".{FILE}.1a2b3c4d.tmp")  # What a kill -9 mid-download leaves.
+    leftover.write_bytes(DATA[:100])
     shutil.copy(CKPT, target)  # What the line says to do, offline.
     assert init_from.load(NAME)[1]["num_classes"] == 3
+    assert not leftover.exists()
 
 
 def test_the_mirror_serves_every_file(server, tmp_path, monkeypatch):
@@ -225,6 +240,23 @@ def test_a_file_is_converted_once_and_a_known_one_shares_its_names_cache(
     assert folder == str(cache.entry_dir(entry) / cache.CONVERTED) and NAME in what
     assert init_from.load(NAME)[1]["num_classes"] == 3
     assert server.requests == []  # The name found the conversion of the file.
+
+
+def test_folders_converted_before_weights_were_npz_still_load(tmp_path):
+    """Until the weights cache, converted folders held an orbax checkpoint per collection."""
+    import orbax.checkpoint as ocp
+
+    from fcn_jax import files
+
+    _, variables = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
+    checkpointer = ocp.StandardCheckpointer()
+    for collection in convert.COLLECTIONS:
+        checkpointer.save(tmp_path / "w" / collection, variables[collection])
+        checkpointer.wait_until_finished()
+    files.write_json(tmp_path / "w" / "fcn_jax_weights.json", {"normalization": "mindspore"})
+    loaded, meta = convert.load_weights(str(tmp_path / "w"))
+    assert meta == {"normalization": "mindspore"}
+    assert_same(loaded, variables)
 
 
 def test_a_file_that_is_not_what_the_catalogue_says_is_refused(server, cache_root, monkeypatch):

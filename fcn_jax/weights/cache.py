@@ -85,10 +85,7 @@ def weights_folder(name: str) -> tuple[str, str]:
     first use."""
     entry = catalogue.get(name)
     folder = entry_dir(entry) / CONVERTED
-    if not folder.is_dir():
-        with _locked(folder.parent):
-            if not folder.is_dir():  # Another process may have made it meanwhile.
-                _convert_entry(name, _fetch(name, entry, folder.parent), folder)
+    _once(folder, lambda: _convert_entry(name, _fetch(name, entry, folder.parent), folder))
     return str(folder), f"{name}, {entry.what}"
 
 
@@ -101,21 +98,34 @@ def file_folder(path) -> tuple[str, str]:
     path = pathlib.Path(path).resolve()
     stat = path.stat()
     digests = _file_digests(path, stat.st_size, stat.st_mtime_ns)
-    for name, entry in catalogue.CATALOGUE.items():
-        if any(Checksum.parse(c).matches(digests) for c in entry.checksums):
-            folder = entry_dir(entry) / CONVERTED
-            if not folder.is_dir():
-                with _locked(folder.parent):
-                    if not folder.is_dir():
-                        _convert_entry(name, path, folder)
-            return str(folder), f"{path}, the catalogue's {name}: {entry.what}"
+    known = [
+        name
+        for name, entry in catalogue.CATALOGUE.items()
+        if any(Checksum.parse(c).matches(digests) for c in entry.checksums)
+    ]
+    if known:
+        entry = catalogue.get(known[0])
+        folder = entry_dir(entry) / CONVERTED
+        _once(folder, lambda: _convert_entry(known[0], path, folder))
+        return str(folder), f"{path}, the catalogue's {known[0]}: {entry.what}"
     folder = cache_dir() / f"sha256-{digests['sha256']}" / CONVERTED
+    _once(folder, lambda: _convert_file(path, folder))
+    return str(folder), f"{path} ({converted.load_meta(str(folder))['normalization']} inputs)"
+
+
+def _once(folder: pathlib.Path, make) -> None:
+    """``make()`` fills ``folder`` unless it is there: one process at a time, the others
+    waiting for it and then finding the folder made."""
     if not folder.is_dir():
         with _locked(folder.parent):
             if not folder.is_dir():
-                layout, source = convert.detect(path)
-                _save(folder, *convert.convert(source, layout))
-    return str(folder), f"{path} ({converted.load_meta(str(folder))['normalization']} inputs)"
+                make()
+
+
+def _convert_file(path: pathlib.Path, folder: pathlib.Path) -> None:
+    """Converts a weights file in the layout its suffix and keys show."""
+    layout, source = convert.detect(path)
+    _save(folder, *convert.convert(source, layout))
 
 
 def _convert_entry(name: str, path: pathlib.Path, folder: pathlib.Path) -> None:
