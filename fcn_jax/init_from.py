@@ -44,8 +44,7 @@ def local(init_from: str) -> tuple[str, str]:
         return cache.weights_folder(init_from)
     if os.path.isfile(init_from):
         return cache.file_folder(init_from)
-    if catalogue.looks_like_name(init_from) and not os.path.exists(init_from):
-        catalogue.get(init_from)  # Refused, listing the names there are.
+    catalogue.check_name(init_from)
     return init_from, init_from
 
 

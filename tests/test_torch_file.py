@@ -174,6 +174,35 @@ def test_a_tensor_outside_its_storage_is_refused(tmp_path):
         torch_file.read_state_dict(tmp_path / "bad.pth")
 
 
+def test_storage_slices_of_early_legacy_files(tmp_path):
+    """PyTorch before 0.4 could store a tensor over a slice of another's storage."""
+    root, view = _Storage("0", None), _Storage("1", None)
+    ids = {id(root): ("0", 6, None), id(view): ("0", 6, ("1", 2, 3))}
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if id(obj) in ids:
+                key, numel, view_of = ids[id(obj)]
+                return ("storage", torch.FloatStorage, key, "cpu", numel, view_of)
+            return None
+
+    with open(tmp_path / "views.pth", "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {}):
+            pickle.dump(header, f, protocol=2)
+        state = {
+            "whole": _Rebuild((root, 0, (2, 3), (3, 1))),
+            "tail": _Rebuild((view, 1, (2,), (1,))),
+        }
+        Pickler(f, protocol=2).dump(state)
+        pickle.dump(["0"], f, protocol=2)
+        f.write(struct.pack("<q", 6) + np.arange(6, dtype=np.float32).tobytes())
+    expected = torch.load(tmp_path / "views.pth", weights_only=True)
+    got = torch_file.load(tmp_path / "views.pth")
+    np.testing.assert_array_equal(got["tail"], [3, 4])
+    for key in ("whole", "tail"):
+        np.testing.assert_array_equal(got[key], expected[key].numpy())
+
+
 class _Rebuild:
     def __init__(self, args):
         self.args = args

@@ -210,7 +210,11 @@ def test_the_mirror_serves_every_file(server, tmp_path, monkeypatch):
         init_from.load(NAME)
 
 
-def test_an_unknown_name_lists_the_known_ones():
+def test_an_unknown_name_lists_the_known_ones(tiny_config):
+    from fcn_jax.config_lib import validate_config
+
+    with pytest.raises(ValueError, match=r"init_from='pytorch-fcn:fcn4s' is not a name in the "):
+        validate_config(tiny_config(init_from="pytorch-fcn:fcn4s"))  # Before anything runs.
     for variables in (True, False):
         with pytest.raises(
             ValueError, match=r"'torchvision:vgg17' is not a name in the weights "

@@ -10,6 +10,7 @@ pytorch-fcn's code and Keras' give MD5s; the MindSpore tutorial publishes none.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 
@@ -49,8 +50,8 @@ _TORCHVISION_FOUND = (
     "carries the first 8 hex digits of its SHA-256"
 )
 _PYTORCH_FCN_FOUND = (
-    "wkentaro/pytorch-fcn torchfcn/models/{module}, {cls}.download() (Google Drive id and MD5 "
-    "as re-uploaded in pull request 162, 2021; {earlier})"
+    "wkentaro/pytorch-fcn torchfcn/models/{module}, {function} (Google Drive id and MD5 as "
+    "re-uploaded in pull request 162, 2021; {earlier})"
 )
 _MINDSPORE_FOUND = (
     "mindspore-ai/docs tutorials/source_zh_cn/cv/fcn8s.ipynb and source_en/cv/fcn8s.md "
@@ -150,7 +151,7 @@ CATALOGUE = {
         backbone="vgg16",
         found=_PYTORCH_FCN_FOUND.format(
             module="vgg.py",
-            cls="_get_vgg16_pretrained_model",
+            function="_get_vgg16_pretrained_model()",
             earlier="the same MD5 at its 2017 id 0B9P1L--7Wd2vLTJZMXpIRkVVRFk",
         ),
     ),
@@ -165,7 +166,7 @@ CATALOGUE = {
         at_once=False,
         found=_PYTORCH_FCN_FOUND.format(
             module="fcn32s.py",
-            cls="FCN32s",
+            function="FCN32s.download()",
             earlier="2017: id 0B9P1L--7Wd2vM2oya3k0Zlgtekk, MD5 8acf386d...",
         ),
     ),
@@ -180,7 +181,7 @@ CATALOGUE = {
         at_once=False,
         found=_PYTORCH_FCN_FOUND.format(
             module="fcn16s.py",
-            cls="FCN16s",
+            function="FCN16s.download()",
             earlier="2017: id 0B9P1L--7Wd2vVGE3TkRMbWlNRms, MD5 991ea45d...",
         ),
     ),
@@ -195,7 +196,7 @@ CATALOGUE = {
         at_once=False,
         found=_PYTORCH_FCN_FOUND.format(
             module="fcn8s.py",
-            cls="FCN8s",
+            function="FCN8s.download()",
             earlier="2017: id 0B9P1L--7Wd2vT0FtdThWREhjNkU, MD5 dbd9bbb3...",
         ),
     ),
@@ -260,15 +261,18 @@ CATALOGUE = {
         normalization="caffe",
         backbone="vgg16",
         found="keras-team/keras keras/src/applications/vgg16.py, WEIGHTS_PATH and file_hash "
-        "(MD5); the same file at fchollet/deep-learning-models' v0.1 release before",
+        "(MD5); older Keras fetched the same MD5 from fchollet/deep-learning-models' v0.1 "
+        "release",
     ),
 }
 _NAME = re.compile(r"[\w.-]+:[\w.-]+")
 
 
-def looks_like_name(text: str) -> bool:
-    """``source:name``, as every catalogue name is (a path to a file or folder is not)."""
-    return bool(_NAME.fullmatch(text))
+def check_name(init_from: str) -> None:
+    """Refuses an ``init_from`` spelt as a name (``source:name``) that is not in the
+    catalogue, listing the names there are; paths that exist are not names."""
+    if _NAME.fullmatch(init_from) and init_from not in CATALOGUE and not os.path.exists(init_from):
+        get(init_from)
 
 
 def get(name: str) -> Weights:

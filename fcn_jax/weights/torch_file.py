@@ -60,7 +60,16 @@ class _StorageType:
 class _Storage:
     dtype: np.dtype
     numel: int
-    data: np.ndarray | None = None  # Read after the pickle: it names storages before their bytes.
+    # Read after the pickle, which names storages before their bytes; a _View for a slice.
+    data: np.ndarray | _View | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _View:
+    """A slice of another storage (legacy files only): its data is the root's, from offset."""
+
+    root: _Storage
+    offset: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +122,6 @@ class _Unpickler(pickle.Unpickler):
         return storage
 
 
-@dataclasses.dataclass(frozen=True)
-class _View:
-    root: _Storage
-    offset: int
-
-
 def _text(value) -> str:
     return value.decode("ascii") if isinstance(value, bytes) else str(value)
 
@@ -150,11 +153,9 @@ def _load_zip(path, storages) -> object:
         if len(pickles) != 1:
             raise FormatError("a zip archive without one data.pkl (not a torch.save file)")
         prefix = pickles[0][: -len("data.pkl")]
-        order = (
-            ">"
-            if prefix + "byteorder" in names and archive.read(prefix + "byteorder") == b"big"
-            else "<"
-        )
+        byteorder = prefix + "byteorder"  # Absent before PyTorch 1.10: little-endian.
+        big = byteorder in names and archive.read(byteorder) == b"big"
+        order = ">" if big else "<"
         obj = _Unpickler(io.BytesIO(archive.read(pickles[0])), storages).load()
         for key, storage in storages.items():
             data = archive.read(f"{prefix}data/{key}")
