@@ -28,8 +28,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # No test downloads weights: the run has its own weights cache, and an empty mirror serves
 # every file, so a test that asked for a catalogue name by mistake fails at once, offline.
 # The weights tests set both themselves.
-if "FCN_JAX_CACHE" not in os.environ:
-    _WEIGHTS_MADE_HERE = tempfile.mkdtemp(prefix="fcn_jax_tests_weights_")
+if "FCN_JAX_TESTS_WEIGHTS" not in os.environ:  # Made once, by pytest itself.
+    os.environ["FCN_JAX_TESTS_WEIGHTS"] = _WEIGHTS_MADE_HERE = tempfile.mkdtemp(
+        prefix="fcn_jax_tests_weights_"
+    )
     os.environ["FCN_JAX_CACHE"] = os.path.join(_WEIGHTS_MADE_HERE, "cache")
     os.environ["FCN_JAX_WEIGHTS_MIRROR"] = os.path.join(_WEIGHTS_MADE_HERE, "empty_mirror")
     os.mkdir(os.environ["FCN_JAX_WEIGHTS_MIRROR"])
