@@ -61,7 +61,7 @@ def get_config():
     config.dataset.eval_native_size = False
     config.dataset.cache = True  # Keep the encoded training split in host memory.
     # caffe (BGR - mean) | torch (ImageNet mean/std) | mindspore (BGR, ImageNet mean/std
-    # in 0-255) | "" = what the init_from weights expect (recorded by fcn_jax.convert), or
+    # in 0-255) | "" = what the init_from weights expect (recorded by their conversion), or
     # caffe when training from scratch.
     config.dataset.normalization = ""
     config.dataset.eval_batch_size = 8  # Global; the last batch is padded with void pixels.
@@ -112,10 +112,13 @@ def get_config():
     config.checkpoint_every_minutes = 0.0
     config.eval_summary_images = 3  # Eval images (input | truth | prediction) in TensorBoard.
     config.keep_checkpoints = 2  # Latest N kept, plus the best by eval mean IoU.
-    # When the workdir has no checkpoint yet, start from init_from: converted weights
-    # (`python -m fcn_jax.convert ... --output=DIR`) or another run's workdir (its best
-    # checkpoint: FCN-16s from a trained FCN-32s). init_layers picks the layers to take;
-    # () takes every layer that both have (FCN-16s from FCN-32s: backbone and score_fr).
+    # When the workdir has no checkpoint yet, start from init_from: a name from the weights
+    # catalogue (torchvision:vgg16, pytorch-fcn:fcn8s ..., fcn_jax/weights/catalogue.py:
+    # downloaded, checked and converted once, then cached), a weights file (.pth, .ckpt,
+    # .h5), converted weights (`python -m fcn_jax.convert ... --output=DIR`) or another
+    # run's workdir (its best checkpoint: FCN-16s from a trained FCN-32s); "" trains from
+    # scratch. init_layers picks the layers to take; () takes every layer that both have
+    # (FCN-16s from FCN-32s: backbone and score_fr).
     config.init_from = ""
     config.init_layers = ()
     # On resume, when config.optimizer no longer fits the checkpoint's optimizer state

@@ -5,7 +5,8 @@
     python eval.py --config=configs/fcn16s.py --workdir=/tmp/fcn16s
 
 INIT: the workdir of a trained FCN-32s (the paper's staged recipe: every layer both
-nets have is taken, score_pool4 starts at zero), or converted VGG-16 weights.
+nets have is taken, score_pool4 starts at zero); without it, ImageNet VGG-16 (torchvision's;
+with `:caffe`, Caffe's), downloaded and cached on first use.
 Expected: about 64 mean IoU on VOC 2012 val with the batched recipe; with
 `:paper,caffe` from FCN-32s the paper reports 65.0 on seg11valid (converted: 65.01).
 """

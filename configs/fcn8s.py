@@ -1,11 +1,12 @@
 """FCN-8s on PASCAL VOC 2012 + SBD. Options after the file name, comma-separated.
 
 Batched recipe (default): train_aug -> VOC 2012 val, 512x512 crops (scale 0.5-2,
-flip), `same` geometry, bfloat16, SGD momentum 0.9, poly schedule, 30k steps of 16.
+flip), `same` geometry, bfloat16, SGD momentum 0.9, poly schedule, 30k steps of 16, from
+torchvision's ImageNet VGG-16 (init_from=torchvision:vgg16, downloaded and cached on
+first use; --config.init_from="" trains from scratch).
 
-    python -m fcn_jax.convert --layout=torchvision --input=vgg16-397923af.pth --output=/tmp/w/vgg16
     python train.py --config=configs/fcn8s.py --workdir=/tmp/fcn8s \\
-        --config.dataset.manual_dir=DIR_WITH_VOC_AND_SBD_ARCHIVES --config.init_from=/tmp/w/vgg16
+        --config.dataset.manual_dir=DIR_WITH_VOC_AND_SBD_ARCHIVES
     python eval.py --config=configs/fcn8s.py --workdir=/tmp/fcn8s
 
 Expected: about 65 mean IoU on VOC 2012 val from ImageNet VGG-16 weights (a batched
@@ -19,7 +20,8 @@ Options:
            augmentation; a data axis of 1, so any number of devices runs it), `caffe`
            geometry, float32, SGD momentum 0.99, unnormalised loss,
            learning rate 1e-10 (32s) / 1e-12 (16s) / 1e-14 (8s), weight decay 5e-4 on
-           weights, biases learning 2x, 100k steps.
+           weights, biases learning 2x, 100k steps; from Caffe's VGG-16
+           (init_from=pytorch-fcn:vgg16_from_caffe, the caffe normalisation).
   at_once  FCN-8s trained at once from VGG-16 (pool4 scaled by 0.01, pool3 by 0.0001 before
            scoring); with caffe, the reference voc-fcn8s-atonce solver: learning rate
            1e-10, 300k steps.
@@ -28,20 +30,19 @@ Options:
            normalisation (BGR, ImageNet mean/std in 0-255), learned upsampling, 512x512
            crops, scale 0.5-2, flip, batch 32, SGD momentum 0.9, weight decay 1e-4 (not on
            BatchNorm), learning rate 0.015 with cosine decay, 500 epochs of train_aug
-           (165,500 steps). Start from the tutorial's VGG-16 checkpoint:
-               python -m fcn_jax.convert --layout=mindspore --input=fcn8s_vgg16_pretrain.ckpt \
-                   --output=/tmp/w/vgg16_bn_ms
-               python train.py --config=configs/fcn8s.py:mindspore --workdir=/tmp/fcn8s_ms \
-                   --config.init_from=/tmp/w/vgg16_bn_ms
+           (165,500 steps), from the tutorial's VGG-16 checkpoint (init_from=mindspore:vgg16_bn):
+               python train.py --config=configs/fcn8s.py:mindspore --workdir=/tmp/fcn8s_ms
            Expected (MindSpore's model zoo, not run here): 64.67 mean IoU on VOC 2012 val.
 
 The paper's staged recipes (`--config=configs/fcnXs.py:paper,caffe`), results on seg11valid:
-  FCN-32s from VGG-16 (Caffe weights, --config.init_from=converted VGG-16)    63.6 mIoU
+  FCN-32s from Caffe's VGG-16 (the option's init_from)                       63.6 mIoU
   FCN-16s from the trained FCN-32s (--config.init_from=<FCN-32s workdir>)    65.0
   FCN-8s  from the trained FCN-16s (--config.init_from=<FCN-16s workdir>)    65.5
   FCN-8s at-once from VGG-16 (`configs/fcn8s.py:paper,caffe,at_once`)        65.4
 (the reference's figures; pytorch-fcn reports its conversions of the Caffe models at
-63.63 / 65.01 / 65.51 / 65.40, see the README).
+63.63 / 65.01 / 65.51 / 65.40, see the README). The published models evaluate directly:
+    python eval.py --config=configs/fcn8s.py:paper,caffe --workdir=/tmp/fcn8s_caffe \\
+        --config.init_from=pytorch-fcn:fcn8s
 """
 
 from configs import default
@@ -96,8 +97,10 @@ def get_config(options: str = "", variant: str = "fcn8s"):
     config.num_train_steps = 30_000
     config.eval_every_steps = 3_000
     config.checkpoint_every_steps = 3_000
+    config.init_from = "torchvision:vgg16"  # The caffe and mindspore recipes set their own.
 
     if "mindspore" in chosen:
+        config.init_from = "mindspore:vgg16_bn"
         config.model.backbone = "vgg16_bn"
         config.model.fc_batch_norm = True
         config.model.dropout_rate = 0.0
@@ -111,6 +114,7 @@ def get_config(options: str = "", variant: str = "fcn8s"):
         config.num_train_steps = 500 * MINDSPORE_EPOCH_STEPS
         config.eval_every_steps = config.checkpoint_every_steps = 10 * MINDSPORE_EPOCH_STEPS
     if "caffe" in chosen:
+        config.init_from = "pytorch-fcn:vgg16_from_caffe"
         config.model.geometry = "caffe"
         config.model.dtype = "float32"
         config.dataset.scale_range = (1.0, 1.0)  # Whole images: 512 covers VOC's 500 max.

@@ -3,12 +3,11 @@
 train_aug -> VOC 2012 val, 512x512 crops (scale 0.5-2, flip), batch 16, SGD momentum
 0.9, learning rate 0.01 with poly decay (power 0.9), weight decay 5e-4, 20k steps,
 auxiliary head on layer3 weighted 0.4, the `torch` normalisation (ImageNet mean/std),
-bfloat16 compute. Start from torchvision's ImageNet ResNet-50:
+bfloat16 compute, from torchvision's ImageNet ResNet-50 (init_from=torchvision:resnet50,
+downloaded and cached on first use):
 
-    python -m fcn_jax.convert --layout=torchvision --input=resnet50-0676ba61.pth \\
-        --output=/tmp/w/resnet50
     python train.py --config=configs/fcn_resnet50.py --workdir=/tmp/fcn_resnet50 \\
-        --config.dataset.manual_dir=DIR_WITH_VOC_AND_SBD_ARCHIVES --config.init_from=/tmp/w/resnet50
+        --config.dataset.manual_dir=DIR_WITH_VOC_AND_SBD_ARCHIVES
     python eval.py --config=configs/fcn_resnet50.py --workdir=/tmp/fcn_resnet50
 
 Expected (mmsegmentation's FCN R-50-D8, 512x512, 20k: 67.1 mean IoU on VOC 2012 val;
@@ -20,10 +19,8 @@ poly schedule stops at 1e-4, this one at 0.
 torchvision's own weights (trained on a COCO subset with VOC's 21 classes: 60.5 mean IoU
 on COCO val2017) segment photos or evaluate at once, through the same config:
 
-    python -m fcn_jax.convert --layout=torchvision --input=fcn_resnet50_coco-1167a1af.pth \\
-        --output=/tmp/w/fcn_resnet50_coco
     python predict.py --config=configs/fcn_resnet50.py \\
-        --config.init_from=/tmp/w/fcn_resnet50_coco PHOTOS --output=/tmp/masks
+        --config.init_from=torchvision:fcn_resnet50_coco PHOTOS --output=/tmp/masks
 """
 
 from configs import default
@@ -59,4 +56,5 @@ def get_config(backbone: str = "resnet50"):
     config.num_train_steps = 20_000
     config.eval_every_steps = 2_000
     config.checkpoint_every_steps = 2_000
+    config.init_from = f"torchvision:{backbone}"  # ImageNet, as torchvision's recipe.
     return config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fcn_jax import input_pipeline, models, normalization, optim, resnet, sharding
 from fcn_jax.transforms import VOID
+from fcn_jax.weights import catalogue
 
 LOSS_REDUCTIONS = ("mean", "sum")
 _CHOICES = (
@@ -109,3 +110,4 @@ def validate_config(config) -> None:
             f"config field dataset.class_names has {len(names)} names but model.num_classes="
             f"{config.model.num_classes}"
         )
+    catalogue.check_name(config.init_from)

@@ -179,13 +179,14 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
             config.init_from,
         )
     if config.init_from and not trained:
+        init_from.check_before_download(config, whole_model=True)
         init_from.resolve_normalization(config, None, None)
         programs = steps.compile_steps(config, mesh)
         weights, meta = init_from.load(config.init_from)
         convert.check_fits(meta, config.model, weights["params"], config.init_from)
         variables = _whole_model(weights, programs.abstract_variables, config.init_from)
         variables = sharding.put(variables, programs.variables_shardings)
-        name = os.path.basename(os.path.normpath(config.init_from))
+        name = os.path.basename(os.path.normpath(config.init_from)).replace(":", "_")
         step = meta.get("checkpoint")
         return Restored(programs, variables, step, f"weights {config.init_from}", name)
     if not workdir:

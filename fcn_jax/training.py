@@ -129,6 +129,8 @@ def _train(config, workdir, manager, mesh, writer, listener) -> dict:
         state, start = compiled().init(init_rng), 0
         if config.init_from:
             state = init_from.initialise(state, programs, config)
+        else:
+            logging.info("config.init_from is empty: every layer starts from its initialiser")
         writer.write_hparams(_flat_hparams(config))
     else:
         logging.info("Resumed from checkpoint %d in %s", start, manager.directory)

@@ -25,6 +25,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         prefix="fcn_jax_tests_xla_cache_"
     )
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+# No test downloads weights: the run has its own weights cache, and an empty mirror serves
+# every file, so a test that asked for a catalogue name by mistake fails at once, offline.
+# The weights tests set both themselves.
+if "FCN_JAX_TESTS_WEIGHTS" not in os.environ:  # Made once, by pytest itself.
+    os.environ["FCN_JAX_TESTS_WEIGHTS"] = _WEIGHTS_MADE_HERE = tempfile.mkdtemp(
+        prefix="fcn_jax_tests_weights_"
+    )
+    os.environ["FCN_JAX_CACHE"] = os.path.join(_WEIGHTS_MADE_HERE, "cache")
+    os.environ["FCN_JAX_WEIGHTS_MIRROR"] = os.path.join(_WEIGHTS_MADE_HERE, "empty_mirror")
+    os.mkdir(os.environ["FCN_JAX_WEIGHTS_MIRROR"])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -35,8 +45,9 @@ import pytest  # noqa: E402
 
 
 def pytest_unconfigure(config):
-    if "_CACHE_MADE_HERE" in globals():
-        shutil.rmtree(_CACHE_MADE_HERE, ignore_errors=True)
+    for made in ("_CACHE_MADE_HERE", "_WEIGHTS_MADE_HERE"):
+        if made in globals():
+            shutil.rmtree(globals()[made], ignore_errors=True)
 
 
 @pytest.fixture

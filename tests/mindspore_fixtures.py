@@ -2,7 +2,7 @@
 
 A checkpoint is a protobuf ``Checkpoint`` message: repeated ``Value {tag = 1; tensor = 2}``
 with ``TensorProto {dims = 1 (repeated int64); tensor_type = 2 ("Float32" ...); tensor_content
-= 3 (little-endian bytes)}``; see fcn_jax/mindspore_format.py.
+= 3 (little-endian bytes)}``; see fcn_jax/weights/mindspore_file.py.
 """
 
 from __future__ import annotations

@@ -173,3 +173,31 @@ def test_resnet_recipes_are_mmsegmentations_on_torchvisions_networks(backbone):
     config.model.aux_loss_weight = -0.1
     with pytest.raises(ValueError, match=r"model.aux_loss_weight=-0.1 must be >= 0"):
         validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "name, options, weights, normalization",
+    [
+        ("fcn32s", "", "torchvision:vgg16", "torch"),
+        ("fcn16s", "paper", "torchvision:vgg16", "torch"),
+        ("fcn8s", "at_once", "torchvision:vgg16", "torch"),
+        ("fcn32s", "paper,caffe", "pytorch-fcn:vgg16_from_caffe", "caffe"),
+        ("fcn8s", "paper,caffe,at_once", "pytorch-fcn:vgg16_from_caffe", "caffe"),
+        ("fcn8s", "mindspore", "mindspore:vgg16_bn", "mindspore"),
+        ("fcn_resnet50", None, "torchvision:resnet50", "torch"),
+        ("fcn_resnet101", None, "torchvision:resnet101", "torch"),
+        ("demo", None, "", "torch"),  # The quick start stays offline.
+        ("default", None, "", "caffe"),
+    ],
+)
+def test_each_recipe_starts_from_its_own_backbone(name, options, weights, normalization):
+    """What the recipe names fits its network and sets its input normalisation, known
+    without a download (the suite's empty mirror would fail one)."""
+    from fcn_jax import init_from
+
+    module = importlib.import_module(f"configs.{name}")
+    config = module.get_config() if options is None else module.get_config(options)
+    assert config.init_from == weights
+    init_from.check_before_download(config, whole_model=False)
+    init_from.resolve_normalization(config, None, None)
+    assert config.dataset.normalization == normalization

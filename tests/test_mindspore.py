@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from mindspore_fixtures import encode
 
-from fcn_jax import convert, evaluation, init_from, mindspore_format, models, sharding, steps
+from fcn_jax import convert, evaluation, init_from, models, sharding, steps
+from fcn_jax.weights import mindspore_file
 from tests.conftest import convert_cli
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
@@ -33,7 +34,7 @@ def test_logits_equal_mindspores_own():
 
 def test_the_test_writer_writes_what_mindspore_writes():
     """The checkpoints the other tests write hold exactly MindSpore's bytes."""
-    tensors = mindspore_format.read(CKPT)
+    tensors = mindspore_file.read(CKPT)
     assert len(tensors) == 81 and tensors["upscore8.weight"].shape == (3, 3, 16, 16)
     assert encode(tensors) == CKPT.read_bytes()
 
