@@ -31,10 +31,17 @@ def _metadata(path: pathlib.Path, carried: str | None) -> dict:
     """The export's metadata: the JSON beside ``path``, else the copy the artifact carries."""
     beside = path.parent / METADATA
     if beside.is_file():
-        return json.loads(beside.read_text())
-    if carried is None:
+        meta = json.loads(beside.read_text())
+    elif carried is None:
         raise FileNotFoundError(f"{path} is not an fcn_jax export: no {beside}, none inside")
-    return json.loads(carried)
+    else:
+        meta = json.loads(carried)
+    if "canvas" not in meta:  # Before the programs padded photos themselves.
+        raise ValueError(
+            f"{path} was exported by an older fcn_jax (photos of 32x32 at least, no platforms "
+            "in its metadata); export it again"
+        )
+    return meta
 
 
 class Deployed:

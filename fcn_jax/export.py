@@ -330,10 +330,11 @@ def export(exporter: Exporter, formats, output) -> dict[str, str]:
 
 
 def _unwritable(output: pathlib.Path, e: OSError) -> str:
-    where = e.filename or output
-    return (
-        f"cannot write the export to {output}: {where}: {e.strerror or e}; choose another --output"
-    )
+    where = pathlib.Path(e.filename) if e.filename else output
+    if TEMPORARY.match(where.name):  # The hidden folder is ours: its parent is the user's.
+        where = where.parent
+    reason = e.strerror or str(e)
+    return f"cannot write the export to {output}: {where}: {reason}; choose another --output"
 
 
 def _make_folders(folder: pathlib.Path) -> list[pathlib.Path]:

@@ -199,6 +199,11 @@ class Translator:
         ``a - a % b`` is a multiple of ``b``, which it divides exactly."""
         return self.node("Div", [self.node("Sub", [a, self._mod(a, b)], "size"), b], "size")
 
+    def reshape(self, x: str, dims) -> str:
+        """``x`` reshaped to ``dims``. allowzero: a size that is 0 at run time (N = 0, an empty
+        slice) means 0, not ONNX's default of copying the input's size at that position."""
+        return self.node("Reshape", [x, self.shape(dims)], allowzero=1)
+
     def shape(self, dims) -> str:
         if all(_static(d) for d in dims):
             return self.ints([int(d) for d in dims])
@@ -335,13 +340,13 @@ class Translator:
         lazy = tuple(expanded) != tuple(shape)
         if x.constant:
             return Val(x.ref.reshape([int(d) for d in expanded]), tuple(shape), x.dtype, lazy)
-        out = self.node("Reshape", [self.full(x), self.shape(expanded)])
+        out = self.reshape(self.full(x), expanded)
         return self.result(out, aval, lazy)
 
     def op_reshape(self, ins, aval, new_sizes, dimensions=None, **_):
         if dimensions is not None:
             raise NotImplementedError("reshape with dimensions")
-        return self.result(self.node("Reshape", [self.full(ins[0]), self.shape(new_sizes)]), aval)
+        return self.result(self.reshape(self.full(ins[0]), new_sizes), aval)
 
     def op_squeeze(self, ins, aval, dimensions):
         return self.result(self.node("Squeeze", [self.full(ins[0]), self.ints(dimensions)]), aval)
@@ -367,7 +372,7 @@ class Translator:
         begin, end = [], []
         for start, size, whole in zip(starts, slice_sizes, x.shape):
             first = self.node("Cast", [self.name(start)], to=onnx.TensorProto.INT64)
-            first = self.node("Reshape", [first, self.ints([1])])
+            first = self.reshape(first, [1])
             # As XLA: the start is clamped so that the slice lies inside the operand.
             last_start = self.node("Sub", [self.dim(whole), self.dim(size)])
             first = self.node("Min", [self.node("Max", [first, self.ints([0])]), last_start])
@@ -402,7 +407,7 @@ class Translator:
         line = self.node("Cast", [line], to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
         expanded = [1] * len(shape)
         expanded[dimension] = shape[dimension]
-        out = self.node("Reshape", [line, self.shape(expanded)])
+        out = self.reshape(line, expanded)
         return self.result(out, aval, lazy=tuple(expanded) != tuple(shape))
 
     def op_dim_as_value(self, ins, aval, dim):

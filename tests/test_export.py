@@ -258,10 +258,12 @@ def test_artifact_matches_the_flax_model(family, fmt, exported, shots):
     want = got.want_float32 if onnx_float32 else got.want
     tolerance = BFLOAT16 if bfloat16 else LOGITS
     equal, diff = check_parity(LOADERS[fmt](got.path(fmt)), want, shots, tolerance)
+    peak = max(float(np.abs(scores).max()) for _, scores in want)
     line = f"{family} {fmt}: classes equal {equal:.5f}, largest logit difference {diff:.1e}"
+    line += f" (logits up to {peak:.1f})"
     if onnx_float32:
         agree = np.mean([np.mean(a[0] == b[0]) for a, b in zip(got.want, want)])
-        line += f" (float32 Flax; the bfloat16 one's classes on {agree:.4f} of pixels)"
+        line += f"; float32 Flax: the bfloat16 one's classes on {agree:.4f} of pixels"
     print(line)
 
 
@@ -313,7 +315,9 @@ def test_metadata_describes_the_artifacts_and_travels_inside_them(exported):
 
 def test_deployed_runs_an_artifact_copied_alone(exported, shots, tmp_path):
     """model.onnx without the JSON beside it: its own metadata suffices. The runtime says which
-    execution provider it took; a batch of none is none; a photo of no pixels is one line."""
+    execution provider it took; a batch of none is none (the ONNX file's too: the StableHLO
+    and SavedModel refuse N = 0 in JAX's words); a photo of no pixels, or an export made
+    before the programs padded photos themselves, is one line."""
     pytest.importorskip("onnxruntime", reason="requirements-export.txt: the ONNX artifact")
     got = exported("vgg_same")
     shutil.copy(got.path("onnx"), tmp_path / "model.onnx")
@@ -323,9 +327,16 @@ def test_deployed_runs_an_artifact_copied_alone(exported, shots, tmp_path):
     classes = model(shots[1])
     assert np.mean(classes == got.want[1][0]) >= 0.999
     assert model(np.zeros((0, 20, 24, 3), np.uint8)).shape == (0, 20, 24)
+    none = load_onnx(got.path("onnx"))(np.zeros((0, 20, 24, 3), np.uint8))  # The file too.
+    assert [o.shape for o in none] == [(0, 20, 24), (0, 20, 24, 4)]
     for bad in (np.zeros((1, 0, 24, 3), np.uint8), np.zeros((1, 20, 24, 3), np.float32)):
         with pytest.raises(ValueError, match=r"^(images of 0x24|an exported FCN takes uint8)"):
             model(bad)
+    meta = json.loads((got.folder / export.METADATA).read_text())
+    del meta["canvas"]  # As exports before the program padded photos itself.
+    (tmp_path / export.METADATA).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="exported by an older fcn_jax"):
+        deployed.Deployed(tmp_path / "model.onnx")
 
 
 def test_onnx_runs_on_the_fastest_provider_installed():

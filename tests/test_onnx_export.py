@@ -60,6 +60,12 @@ def _ints(x):
     return (x * 4).astype(jnp.int32)
 
 
+def _empty_reshape(x):
+    """[n, k, w, 2] -> [k, n, 2w] with k = 0 at h = 5: ONNX's Reshape would copy n for k."""
+    k = (_h(x) - 5) % 3
+    return lax.slice_in_dim(x, 0, k, axis=1).reshape(k, x.shape[0], 2 * x.shape[2])
+
+
 def _canvas_pad(x):
     """Symbolic amounts: up to 32 rows, and up to the next multiple of 4 columns."""
     h, w = x.shape[1:3]
@@ -129,6 +135,7 @@ CASES = {
         lambda x: jnp.concatenate([x, jnp.broadcast_to(jnp.arange(2.0), x.shape)], 1),
     ),
     "reshape": ("reshape", lambda x: x.reshape(x.shape[0], _h(x) * x.shape[2], 2)),
+    "reshape:empty": ("reshape", _empty_reshape),
     "squeeze": ("squeeze", lambda x: lax.squeeze(_first(x, 2), (2,))),
     "transpose": ("transpose", lambda x: jnp.transpose(x, (0, 2, 1, 3))),
     "rev": ("rev", lambda x: jnp.flip(x, (1, 2))),
