@@ -338,14 +338,22 @@ def _unwritable(output: pathlib.Path, e: OSError) -> str:
 
 
 def _make_folders(folder: pathlib.Path) -> list[pathlib.Path]:
-    """Makes ``folder`` and its missing parents; the ones made, outermost first."""
+    """Makes ``folder`` and its missing parents; the ones made, outermost first (none left
+    made if one cannot be)."""
     missing = []
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
-    for path in reversed(missing):
-        path.mkdir()
-    return missing[::-1]
+    made = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            made.append(path)
+    except OSError:
+        for path in reversed(made):
+            _remove_if_empty(path)
+        raise
+    return made
 
 
 def _remove_if_empty(folder: pathlib.Path) -> None:
