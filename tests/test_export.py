@@ -339,6 +339,22 @@ def test_deployed_runs_an_artifact_copied_alone(exported, shots, tmp_path):
         deployed.Deployed(tmp_path / "model.onnx")
 
 
+def test_a_saved_model_for_cuda_alone_is_one_line_without_a_gpu(exported, tmp_path):
+    """Lowered for cuda only (--platforms=cuda), it cannot run on a CPU: said before loading."""
+    pytest.importorskip("tensorflow", reason="the SavedModel artifact")
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    got = exported("vgg_same")
+    shutil.copytree(got.path("saved_model"), tmp_path / "saved_model")
+    meta = json.loads((got.folder / export.METADATA).read_text())
+    (tmp_path / export.METADATA).write_text(json.dumps(dict(meta, platforms=["cuda"])))
+    with pytest.raises(ValueError, match="exported for cuda only .* --platforms=cpu,cuda"):
+        deployed.Deployed(tmp_path / "saved_model")
+    assert deployed.Deployed(got.path("saved_model")).runtime == "TensorFlow /CPU:0"
+
+
 def test_onnx_runs_on_the_fastest_provider_installed():
     cpu, cuda, trt = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
     assert deployed.onnx_providers(["AzureExecutionProvider", cpu]) == [cpu]
