@@ -140,6 +140,7 @@ def runtime_runners(folder: pathlib.Path):
     config = default.get_config()
     config.model.geometry, config.dataset.normalization = "caffe", "caffe"
     config.dataset.name = "voc_sbd"  # Its 21 class names, for the metadata.
+    config.dataset.eval_pad_size = (FLAGS.size, FLAGS.size)  # The canvas: the images' size.
     variables = {"params": params, "batch_stats": {}}
     exporter = export.Exporter(config, variables, "bench: torch_reference fcn8s, seed 0")
     written = export.export(exporter, FLAGS.formats, folder / "export")
