@@ -4,9 +4,10 @@ The model is the workdir's ``--checkpoint`` (best by default), or
 ``--config.init_from=WEIGHTS`` converted by ``python -m fcn_jax.convert``, as for eval.py
 and predict.py. OUT (a new folder) gets one artifact per ``--format`` (model.onnx,
 saved_model/, model.stablehlo) and fcn_jax_export.json describing them: each takes uint8
-RGB images [N, H, W, 3] of any size from 32x32 and returns the class map and the scores.
-``--tta`` bakes in the config's flip augmentation. If any format fails nothing is
-written and one line says why.
+RGB images [N, H, W, 3] of any size, pads them as evaluation does (the config's eval
+canvas) and returns the class map and the scores. ``--tta`` bakes in the config's flip
+augmentation. If any format fails, or OUT cannot be written, nothing is written and one
+line says why.
 """
 
 from absl import app, flags

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import peak as peak_lib  # noqa: E402
 from configs import default  # noqa: E402
-from fcn_jax import convert, export, normalization, sharding, steps  # noqa: E402
+from fcn_jax import convert, deployed, export, normalization, sharding, steps  # noqa: E402
 
 SETTINGS = {
     "single view": dict(flip=False, scales=(1.0,)),
@@ -140,6 +140,7 @@ def runtime_runners(folder: pathlib.Path):
     config = default.get_config()
     config.model.geometry, config.dataset.normalization = "caffe", "caffe"
     config.dataset.name = "voc_sbd"  # Its 21 class names, for the metadata.
+    config.dataset.eval_pad_size = (FLAGS.size, FLAGS.size)  # The canvas: the images' size.
     variables = {"params": params, "batch_stats": {}}
     exporter = export.Exporter(config, variables, "bench: torch_reference fcn8s, seed 0")
     written = export.export(exporter, FLAGS.formats, folder / "export")
@@ -155,8 +156,10 @@ def runtime_runners(folder: pathlib.Path):
     if "onnx" in written:
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(written["onnx"], providers=["CPUExecutionProvider"])
-        runners["onnxruntime"] = lambda x: session.run(None, {export.INPUT_NAME: x})
+        providers = deployed.onnx_providers(onnxruntime.get_available_providers())
+        session = onnxruntime.InferenceSession(written["onnx"], providers=providers)
+        name = f"onnxruntime {session.get_providers()[0]}"
+        runners[name] = lambda x: session.run(None, {export.INPUT_NAME: x})
     runners["torch_eager"] = torch_runner(net)
     return runners
 

@@ -272,7 +272,8 @@ def eval_iterator(config) -> tuple[Iterator[dict[str, np.ndarray]], int]:
 
 
 def eval_canvas(config, height: int, width: int) -> tuple[int, int]:
-    """The canvas an eval (or predict) image of height x width is padded to.
+    """The canvas an eval (or predict) image of height x width is padded to: one rule for
+    eval.py, predict.py and the exported programs (which apply it to symbolic sizes).
 
     With dataset.eval_native_size, the image's own size (the reference protocol: no
     padding beyond the FCN minimum, one compiled step per distinct size); else its
@@ -280,7 +281,7 @@ def eval_canvas(config, height: int, width: int) -> tuple[int, int]:
     (with sliding windows, whole window strides).
     """
     if config.dataset.eval_native_size:
-        return max(height, models.MIN_INPUT_SIZE), max(width, models.MIN_INPUT_SIZE)
+        return tuple(jax.core.max_dim(s, models.MIN_INPUT_SIZE) for s in (height, width))
     pad_size, (_, stride) = tuple(config.dataset.eval_pad_size), inference.sliding_windows(config)
     return transforms.eval_bucket(height, width, pad_size, stride)
 

@@ -8,18 +8,27 @@ primitives, each a line or a few of ONNX here, and a size expression becomes ONN
 integer arithmetic on ``Shape(images)``, so one ONNX graph serves every photo size.
 
 What is translated: elementwise math, casts, broadcasts, reshapes, slices (static and
-dynamic), pads, concatenation, convolutions (any dimension numbers, dilation, groups),
-max pooling, reductions, argmax, einsum-style ``dot_general``, ``iota``, and the
-wrappers (jit, custom_jvp/vjp) and ``scan`` (unrolled: the flip TTA's ``lax.map`` over
-two views). Equations of constants only are computed here and stored as initializers
-(the bilinear kernels' re-layouts, BatchNorm's folded factors). Anything else raises
-``NotImplementedError`` naming the primitive and the line of fcn_jax that made it.
+dynamic), pads (symbolic and negative amounts too), concatenation, convolutions (any
+dimension numbers, dilation, groups), max pooling, reductions, argmax, einsum-style
+``dot_general``, ``iota``, the wrappers (jit, custom_jvp/vjp, checkpoint) and ``scan``
+(unrolled: the flip TTA's ``lax.map`` over two views); tests/test_onnx_export.py runs
+each against JAX. Size expressions keep Python's floor division and modulo for any
+sign (JAX writes a rounding-up division as ``-floordiv(-h, 2)``). Equations of
+constants only are computed here and stored as initializers (the bilinear kernels'
+re-layouts, BatchNorm's folded factors). Anything else, or a translation that fails,
+raises ``UntranslatableError``: one line naming the primitive and the line of fcn_jax
+that made it.
+
+The model passes ``onnx.checker.check_model(full_check=True)`` (types and shapes
+inferred strictly) and declares the lowest IR version its opset allows, so older
+runtimes read it.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import itertools
 import string
 
@@ -30,7 +39,7 @@ from jax._src import source_info_util
 from onnx import helper, numpy_helper
 
 OPSET = 18
-IR_VERSION = 10  # onnxruntime >= 1.17 reads it.
+IR_VERSION = helper.find_min_ir_version_for([helper.make_opsetid("", OPSET)])  # 8
 
 UNARY = {
     "neg": "Neg",
@@ -43,13 +52,9 @@ UNARY = {
     "tanh": "Tanh",
     "logistic": "Sigmoid",
     "sign": "Sign",
-    "not": "Not",
-    "stop_gradient": "Identity",
-    "copy": "Identity",
-    "copy_p": "Identity",
-    "optimization_barrier": "Identity",
-    "sharding_constraint": "Identity",
 }
+# Values passed through unchanged (several, for optimization_barrier).
+IDENTITY = ("stop_gradient", "copy", "optimization_barrier", "sharding_constraint")
 BINARY = {
     "add": "Add",
     "sub": "Sub",
@@ -67,12 +72,16 @@ BINARY = {
     "ge": "GreaterOrEqual",
 }
 REDUCE = {"reduce_max": "ReduceMax", "reduce_min": "ReduceMin", "reduce_sum": "ReduceSum"}
-SUBPROGRAMS = ("jit", "pjit", "custom_jvp_call", "custom_vjp_call", "closed_call", "remat")
+SUBPROGRAMS = ("jit", "custom_jvp_call", "custom_vjp_call", "remat2")  # remat2: jax.checkpoint.
 INT64_MIN = np.iinfo(np.int64).min
 
 
 def _static(dim) -> bool:
     return isinstance(dim, (int, np.integer))
+
+
+class UntranslatableError(NotImplementedError):
+    """A program this module cannot write as ONNX; the message names the primitive and line."""
 
 
 @dataclasses.dataclass
@@ -151,26 +160,49 @@ class Translator:
             return self.ints([int(d)])
         text = str(d)
         if text not in self._dims:
-            self._dims[text] = self._expression(ast.parse(text, mode="eval").body, text)
+            # JAX writes powers as h^2, which Python would parse as a bitwise xor.
+            parsed = ast.parse(text.replace("^", "**"), mode="eval").body
+            self._dims[text] = self._expression(parsed, text)
         return self._dims[text]
 
     def _expression(self, e, text) -> str:
-        binary = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul"}
-        calls = {"floordiv": "Div", "mod": "Mod", "max": "Max", "min": "Min"}
         if isinstance(e, ast.Constant) and isinstance(e.value, int):
             return self.ints([e.value])
         if isinstance(e, ast.Name) and e.id in self.symbols:
             return self.symbols[e.id]
+        if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
+            return self.node("Neg", [self._expression(e.operand, text)], "size")
+        if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Pow):
+            if not (isinstance(e.right, ast.Constant) and isinstance(e.right.value, int)):
+                raise NotImplementedError(f"size expression {text!r}: a non-constant power")
+            base = self._expression(e.left, text)
+            return functools.reduce(
+                lambda acc, _: self.node("Mul", [acc, base], "size"), range(e.right.value - 1), base
+            )
+        binary = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul"}
         if isinstance(e, ast.BinOp) and type(e.op) in binary:
             parts = [self._expression(x, text) for x in (e.left, e.right)]
             return self.node(binary[type(e.op)], parts, "size")
-        if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
-            return self.node("Neg", [self._expression(e.operand, text)], "size")
-        if isinstance(e, ast.Call) and getattr(e.func, "id", None) in calls:
-            # Sizes are non-negative, where ONNX's truncating Div is floor division.
+        calls = {"floordiv": self._floordiv, "mod": self._mod, "max": "Max", "min": "Min"}
+        if isinstance(e, ast.Call) and getattr(e.func, "id", None) in calls and len(e.args) == 2:
             parts = [self._expression(x, text) for x in e.args]
-            return self.node(calls[e.func.id], parts, "size")
-        raise NotImplementedError(f"size expression {text!r}: cannot compute {ast.dump(e)}")
+            op = calls[e.func.id]
+            return op(*parts) if callable(op) else self.node(op, parts, "size")
+        raise NotImplementedError(f"size expression {text!r}: cannot compute {ast.unparse(e)}")
+
+    def _mod(self, a: str, b: str) -> str:
+        """Python's ``a % b`` (the sign of ``b``): ONNX Mod of integers with fmod=0."""
+        return self.node("Mod", [a, b], "size")
+
+    def _floordiv(self, a: str, b: str) -> str:
+        """Python's ``a // b`` for any signs: ONNX Div truncates toward zero, but
+        ``a - a % b`` is a multiple of ``b``, which it divides exactly."""
+        return self.node("Div", [self.node("Sub", [a, self._mod(a, b)], "size"), b], "size")
+
+    def reshape(self, x: str, dims) -> str:
+        """``x`` reshaped to ``dims``. allowzero: a size that is 0 at run time (N = 0, an empty
+        slice) means 0, not ONNX's default of copying the input's size at that position."""
+        return self.node("Reshape", [x, self.shape(dims)], allowzero=1)
 
     def shape(self, dims) -> str:
         if all(_static(d) for d in dims):
@@ -202,6 +234,19 @@ class Translator:
         return [read(v) for v in jaxpr.outvars]
 
     def equation(self, eqn, ins: list[Val]) -> list[Val]:
+        """The equation's outputs; any failure is one line naming it and where it came from."""
+        try:
+            return self._translate(eqn, ins)
+        except UntranslatableError:
+            raise  # From inside a subprogram: it names its own equation.
+        except Exception as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise UntranslatableError(
+                f"ONNX export: cannot translate the JAX primitive {eqn.primitive.name!r} "
+                f"({self._where}): {reason}"
+            ) from e
+
+    def _translate(self, eqn, ins: list[Val]) -> list[Val]:
         prim, params = eqn.primitive.name, eqn.params
         avals = [v.aval for v in eqn.outvars]
         if _foldable(prim, ins, avals):
@@ -212,6 +257,8 @@ class Translator:
                 outs = outs if eqn.primitive.multiple_results else [outs]
                 self._folded[key] = (eqn, ins, [_constant(o) for o in outs])
             return self._folded[key][2]
+        if prim in IDENTITY:
+            return list(ins)
         if prim in SUBPROGRAMS:
             closed = next(params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in params)
             inner = getattr(closed, "jaxpr", closed)
@@ -224,9 +271,7 @@ class Translator:
             return [self.reduce(ins, avals[0], REDUCE[prim], params["axes"])]
         handler = getattr(self, f"op_{prim}", None)
         if handler is None:
-            raise NotImplementedError(
-                f"ONNX export: no translation for the JAX primitive {prim!r} ({self._where})"
-            )
+            raise NotImplementedError("no ONNX translation for it")
         return [handler(ins, avals[0], **params)]
 
     def result(self, name: str, aval, lazy: bool = False) -> Val:
@@ -251,6 +296,10 @@ class Translator:
             v.lazy or isinstance(v.ref, np.ndarray) for v in ins
         )
 
+    def op_not(self, ins, aval):
+        op = "Not" if ins[0].dtype == np.bool_ else "BitwiseNot"  # ONNX's Not takes bool only.
+        return self.result(self.node(op, [self.name(ins[0])]), aval, self._keep(ins))
+
     def op_ne(self, ins, aval):
         equal = self.node("Equal", [self.name(v) for v in ins])
         return self.result(self.node("Not", [equal]), aval, self._keep(ins))
@@ -266,7 +315,7 @@ class Translator:
 
     def op_select_n(self, ins, aval):
         if len(ins) != 3:
-            raise NotImplementedError(f"select_n of {len(ins) - 1} cases ({self._where})")
+            raise NotImplementedError(f"select_n of {len(ins) - 1} cases")
         which = self.name(ins[0])
         if ins[0].dtype != np.bool_:
             which = self.node("Cast", [which], to=onnx.TensorProto.BOOL)
@@ -291,19 +340,16 @@ class Translator:
         lazy = tuple(expanded) != tuple(shape)
         if x.constant:
             return Val(x.ref.reshape([int(d) for d in expanded]), tuple(shape), x.dtype, lazy)
-        out = self.node("Reshape", [self.full(x), self.shape(expanded)])
+        out = self.reshape(self.full(x), expanded)
         return self.result(out, aval, lazy)
 
     def op_reshape(self, ins, aval, new_sizes, dimensions=None, **_):
         if dimensions is not None:
-            raise NotImplementedError(f"reshape with dimensions ({self._where})")
-        return self.result(self.node("Reshape", [self.full(ins[0]), self.shape(new_sizes)]), aval)
+            raise NotImplementedError("reshape with dimensions")
+        return self.result(self.reshape(self.full(ins[0]), new_sizes), aval)
 
     def op_squeeze(self, ins, aval, dimensions):
         return self.result(self.node("Squeeze", [self.full(ins[0]), self.ints(dimensions)]), aval)
-
-    def op_expand_dims(self, ins, aval, dimensions):
-        return self.result(self.node("Unsqueeze", [self.full(ins[0]), self.ints(dimensions)]), aval)
 
     def op_transpose(self, ins, aval, permutation):
         out = self.node("Transpose", [self.full(ins[0])], perm=list(permutation))
@@ -326,7 +372,7 @@ class Translator:
         begin, end = [], []
         for start, size, whole in zip(starts, slice_sizes, x.shape):
             first = self.node("Cast", [self.name(start)], to=onnx.TensorProto.INT64)
-            first = self.node("Reshape", [first, self.ints([1])])
+            first = self.reshape(first, [1])
             # As XLA: the start is clamped so that the slice lies inside the operand.
             last_start = self.node("Sub", [self.dim(whole), self.dim(size)])
             first = self.node("Min", [self.node("Max", [first, self.ints([0])]), last_start])
@@ -346,11 +392,12 @@ class Translator:
         return self.result(self.node("Concat", parts, axis=int(axis)), aval)
 
     def op_pad(self, ins, aval, padding_config):
-        if any(interior for _, _, interior in padding_config):
-            raise NotImplementedError(f"pad with interior padding ({self._where})")
+        """Amounts of any sign (negative ones crop, in ONNX as in JAX), symbolic ones too."""
+        if any(not _static(interior) or interior for _, _, interior in padding_config):
+            raise NotImplementedError("interior padding")
         pads = [lo for lo, _, _ in padding_config] + [hi for _, hi, _ in padding_config]
         x, value = self.full(ins[0]), self.name(ins[1])
-        return self.result(self.node("Pad", [x, self.ints(pads), value], mode="constant"), aval)
+        return self.result(self.node("Pad", [x, self.shape(pads), value], mode="constant"), aval)
 
     def op_iota(self, ins, aval, dtype, shape, dimension, **_):
         del ins
@@ -360,7 +407,7 @@ class Translator:
         line = self.node("Cast", [line], to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
         expanded = [1] * len(shape)
         expanded[dimension] = shape[dimension]
-        out = self.node("Reshape", [line, self.shape(expanded)])
+        out = self.reshape(line, expanded)
         return self.result(out, aval, lazy=tuple(expanded) != tuple(shape))
 
     def op_dim_as_value(self, ins, aval, dim):
@@ -394,9 +441,7 @@ class Translator:
         **_,
     ):
         if any(d != 1 for d in lhs_dilation) or batch_group_count != 1:
-            raise NotImplementedError(
-                f"convolution with input dilation or batch groups ({self._where})"
-            )
+            raise NotImplementedError("convolution with input dilation or batch groups")
         lhs, rhs = ins
         lhs_spec, rhs_spec, out_spec = dimension_numbers
         x = self.node("Transpose", [self.full(lhs)], perm=list(lhs_spec))
@@ -427,7 +472,7 @@ class Translator:
             for a in (0, len(window_dimensions) - 1)
         )
         if not plain or any(d != 1 for d in (*base_dilation, *window_dilation)):
-            raise NotImplementedError(f"max pooling over batch or channels ({self._where})")
+            raise NotImplementedError("max pooling over batch or channels")
         channels_first = [0, len(window_dimensions) - 1, *spatial]
         x = self.node("Transpose", [self.full(ins[0])], perm=channels_first)
         pads = [padding[a][0] for a in spatial] + [padding[a][1] for a in spatial]
@@ -502,11 +547,12 @@ def _value_info(name, shape, dtype, dim_names):
     )
 
 
-def to_onnx(fn, spec, input_name: str, output_names, dim_names=None) -> onnx.ModelProto:
+def to_onnx(fn, spec, input_name: str, output_names, dim_names=None, metadata=None) -> bytes:
     """``fn(x)`` for ``x`` like ``spec`` (a ShapeDtypeStruct of symbolic sizes) as one ONNX
-    model: input ``input_name``, outputs ``output_names``. Closed-over arrays (the weights)
-    become initializers. ``dim_names`` renames the symbolic sizes in the declared shapes
-    (``{"n": "N"}``)."""
+    model, serialized (once: the weights make it large) and checked in full: input
+    ``input_name``, outputs ``output_names``. Closed-over arrays (the weights) become
+    initializers. ``dim_names`` renames the symbolic sizes in the declared shapes
+    (``{"n": "N"}``); ``metadata`` ({str: str}) becomes the model's ``metadata_props``."""
     dim_names = dict(dim_names or {})
     closed = jax.make_jaxpr(fn)(spec)
     t = Translator()
@@ -531,5 +577,7 @@ def to_onnx(fn, spec, input_name: str, output_names, dim_names=None) -> onnx.Mod
         graph, producer_name="fcn_jax", opset_imports=[helper.make_opsetid("", OPSET)]
     )
     model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    helper.set_model_props(model, dict(metadata or {}))
+    serialized = model.SerializeToString()
+    onnx.checker.check_model(serialized, full_check=True)
+    return serialized

@@ -68,7 +68,9 @@ def predict(
     tiled. ``batch_size`` 0 means dataset.eval_batch_size (1 without a config), at
     most the number of photos. ``model``, an exported model (fcn_jax.deployed),
     replaces the restored one and the config: photos of one size are batched
-    together, unpadded, as the artifact takes any size.
+    together as they are, and the model pads them to the same canvas as the restored
+    one would (input_pipeline.eval_canvas, inside the exported program), so both
+    give the same masks.
     """
     paths, errors = photos.expand_inputs(inputs)
     summary = Summary(failed=list(errors))
@@ -271,16 +273,15 @@ class _Runner(_Batcher):
 
 
 class _ExportedRunner(_Batcher):
-    """An exported model (any size): photos of one network size batched as they are; a photo
-    below the model's minimum is padded with its mean colour, as eval canvases are, and its mask
-    cropped back."""
+    """An exported model: photos of one network size batched as they are (the program pads
+    them to their eval canvas itself, and crops the classes back)."""
 
     def __init__(self, model: deployed.Deployed, batch_size: int):
         super().__init__(batch_size, model.pad_rgb, model.source)
         self.model = model
 
     def _canvas(self, photo: _Photo) -> tuple[int, int]:
-        return tuple(max(s, m) for s, m in zip(photo.size, self.model.min_size))
+        return photo.size
 
     def _slots(self, count: int) -> int:
         return count  # Any batch size: no unused slots.

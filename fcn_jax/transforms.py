@@ -13,6 +13,7 @@ crop", without resizing pixels that are thrown away.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import tensorflow as tf
 
@@ -119,10 +120,11 @@ def eval_bucket(height: int, width: int, pad_size: tuple[int, int], stride=None)
     """The padded canvas for an eval image: ``pad_size``, or for a larger image
     ``pad_size`` plus the fewest whole ``stride`` steps that cover it (by default
     the next multiple of ``pad_size``; with sliding windows, the window stride).
+    Sizes may be symbolic (exported programs pad to it: fcn_jax.export).
     """
 
     def side(size, pad, step):
-        return pad + -(-max(size - pad, 0) // step) * step
+        return pad + -(-jax.core.max_dim(size - pad, 0) // step) * step
 
     stride = stride or pad_size
     return side(height, pad_size[0], stride[0]), side(width, pad_size[1], stride[1])

@@ -50,34 +50,36 @@ def pytest_unconfigure(config):
             shutil.rmtree(globals()[made], ignore_errors=True)
 
 
+def make_tiny_config(**overrides):
+    """The demo config shrunk so that a train step compiles and runs in about a second;
+    ``section__field=value`` overrides."""
+    from configs import demo
+
+    config = demo.get_config()
+    config.model.base_width = 4
+    config.model.fc_width = 16
+    config.dataset.image_size = (32, 32)
+    config.dataset.eval_batch_size = 32
+    config.batch_size = 8
+    config.num_train_steps = 4
+    config.log_every_steps = 2
+    config.eval_every_steps = 2
+    config.checkpoint_every_steps = 2
+    config.optimizer.warmup_steps = 0
+    config.mesh.shape = (1, 1)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
 @pytest.fixture
 def tiny_config():
-    """The demo config shrunk so that a train step compiles and runs in about a second."""
-
-    def make(**overrides):
-        from configs import demo
-
-        config = demo.get_config()
-        config.model.base_width = 4
-        config.model.fc_width = 16
-        config.dataset.image_size = (32, 32)
-        config.dataset.eval_batch_size = 32
-        config.batch_size = 8
-        config.num_train_steps = 4
-        config.log_every_steps = 2
-        config.eval_every_steps = 2
-        config.checkpoint_every_steps = 2
-        config.optimizer.warmup_steps = 0
-        config.mesh.shape = (1, 1)
-        for dotted, value in overrides.items():
-            *parents, leaf = dotted.split("__")
-            node = config
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-        return config
-
-    return make
+    """make_tiny_config (module-scoped fixtures import it directly)."""
+    return make_tiny_config
 
 
 def save_ranked(manager, step, state, config, mean_iou):
