@@ -30,6 +30,7 @@ from fcn_jax import (
     visualize,
 )
 from fcn_jax.config_lib import validate_config
+from fcn_jax.weights import catalogue
 
 _IN_FLIGHT = 2  # Batches queued on the device before the host waits for the oldest.
 
@@ -173,7 +174,12 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
         mesh = sharding.make_mesh(config.mesh.shape)
     trained = checkpointing.has_checkpoints(workdir)
     if config.init_from and trained:
-        logging.warning(
+        # Worth a warning where init_from could be meant as the model to run: not for a
+        # recipe's default backbone, which cannot be evaluated anyway.
+        backbone = config.init_from in catalogue.CATALOGUE and (
+            catalogue.meta(config.init_from)["variant"] is None
+        )
+        (logging.info if backbone else logging.warning)(
             "Using the checkpoints of --workdir=%s; config.init_from=%s only started that run",
             workdir,
             config.init_from,
