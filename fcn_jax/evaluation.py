@@ -35,26 +35,18 @@ from fcn_jax.weights import catalogue
 _IN_FLIGHT = 2  # Batches queued on the device before the host waits for the oldest.
 
 
-class Abandoned(Exception):
-    """The evaluation was given up part-way (``stop`` said so)."""
-
-
 class EvalResult(NamedTuple):
     metrics: dict  # segmentation_metrics of the confusion matrix.
     confusion_matrix: np.ndarray  # int64 [C, C], rows = ground truth.
     examples: np.ndarray | None  # uint8 [N, H, 3W, 3]: input | truth | prediction.
 
 
-def evaluate(
-    programs, variables, config, *, num_examples: int = 0, progress: bool = False, stop=None
-):
+def evaluate(programs, variables, config, *, num_examples: int = 0, progress: bool = False):
     """EvalResult of ``variables`` (``{"params", "batch_stats"}``) on dataset.eval_split, with
     the config's test-time inference.
 
     ``num_examples`` images of the first batch are also predicted and drawn for
-    TensorBoard; ``progress`` shows a progress bar on process 0. ``stop()``, asked after
-    each batch (on every process alike), abandons the evaluation (raises Abandoned) when
-    it says so: a preemption during a long evaluation with TTA.
+    TensorBoard; ``progress`` shows a progress bar on process 0.
     """
     batches, num_batches = input_pipeline.eval_iterator(config)
     num_classes = config.model.num_classes
@@ -74,8 +66,6 @@ def evaluate(
             if seen == 0 and num_examples:
                 examples = _examples(programs, variables, local, batch, num_examples)
             seen += 1
-            if stop is not None and stop():
-                raise Abandoned(f"evaluation abandoned after {seen} of {num_batches} batches")
             while len(pending) > _IN_FLIGHT:
                 cm += np.asarray(jax.device_get(pending.popleft()), np.int64)
                 bar.update()

@@ -4,22 +4,24 @@ Schedulers preempt with SIGTERM and send SIGKILL after a grace period (about 30 
 cloud VMs); people press Ctrl-C. The notice can land anywhere, and the run must end
 within seconds with the newest step it reached on disk:
 
-- **During start-up** (restore, compilation, the missed evaluation of a resumed run:
-  minutes on a pod) nothing has been trained since the newest checkpoint, so every
-  process exits at once with 128 + the signal, whatever its main thread is doing. A
-  thread reads the signal through ``signal.set_wakeup_fd``: the main thread may be in
-  an XLA compilation that returns to Python only when it is done.
-- **Afterwards** the main thread calls ``Listener.poll()`` after every training step
-  and every evaluation batch; it returns True at the same poll on every process, and
-  the training loop saves the step reached (abandoning an evaluation) and raises
-  ``Preempted``. The entry point exits with 128 + the signal (143, 130).
+- **Nothing unsaved**: in start-up (restore, compilation, the missed evaluation of a
+  resumed run: minutes on a pod), nothing has been trained since the newest checkpoint;
+  during an evaluation, its step was saved before it began. Every process then exits at
+  once with 128 + the signal (after the step's save, if still being written, is on
+  disk), whatever its main thread is doing: a thread reads the signal through
+  ``signal.set_wakeup_fd``, since the main thread may be in an XLA compilation that
+  returns to Python only when it is done.
+- **Training steps**: the main thread calls ``Listener.poll()`` after every step; it
+  returns True at the same poll on every process, and the training loop saves the step
+  reached and raises ``Preempted``. The entry point exits with 128 + the signal (143, 130).
 
 Several processes agree as JAX's preemption sync manager does: on a notice each one
 reports how many polls it has passed, waits at a barrier, and all stop at the poll
-after the fastest one's. JAX's own manager cannot be used for this: it counts from
-step 0, which a resumed run never calls (a notice before the first step is lost), it
-tells nothing before that step, and it owns SIGTERM without saying which signal came.
-So the protocol runs here on the coordination service of ``jax.distributed`` (its
+after the fastest one's (or exit at once if any of them has nothing unsaved: no later
+step can have finished without it). JAX's own manager cannot be used for this: it counts
+from step 0, which a resumed run never calls (a notice before the first step is lost),
+it tells nothing before that step, and it owns SIGTERM without saying which signal
+came. So the protocol runs here on the coordination service of ``jax.distributed`` (its
 key-value store and barriers), and the notice carries the signal: every process exits
 with the same status. ``cli.initialize_distributed`` switches JAX's own service off.
 """
@@ -41,6 +43,11 @@ _KEYS = "fcn_jax/preemption"  # Coordination-service keys of this run's agreemen
 _NOTICE = f"{_KEYS}/notice"  # The first signal any process received.
 _AGREEMENT_TIMEOUT_MS = 20_000  # Well inside the grace period before SIGKILL.
 _WATCH_INTERVAL_S = 0.25  # How often a process looks for another one's notice.
+_SAVED = "saved"  # What a process with nothing unsaved reports.
+_STARTUP = "during start-up: nothing was trained since the newest checkpoint"
+_ANOTHER = (
+    "with another process starting up or evaluating: no step after the newest checkpoint ended"
+)
 
 
 class Preempted(Exception):
@@ -55,13 +62,15 @@ class Listener:
     """SIGTERM/SIGINT for the duration of a training run (a context manager).
 
     It starts in start-up, where a notice ends the process at once; ``running()``
-    marks the first training step, after which notices stop the run at a ``poll()``.
+    marks the first training step, after which notices stop the run at a ``poll()``,
+    except within ``nothing_unsaved()`` (an evaluation of a saved step).
     """
 
     def __init__(self):
         self.signum: int | None = None  # The agreed signal, once there is a notice.
         self.stopping = False  # poll() said stop: the loop is saving and leaving.
-        self._running = False
+        self._unsaved = False  # Whether steps since the newest checkpoint would be lost.
+        self._before_exit, self._why = None, _STARTUP
         self._polls = 0  # Polls passed; the same sequence on every process.
         self._stop_at: int | None = None
         self._poll_lock = threading.Lock()  # Held while the processes agree.
@@ -105,7 +114,19 @@ class Listener:
         """Start-up is over (the first training step is on its way to the devices): from
         now on a notice stops the run at a poll."""
         with self._poll_lock:
-            self._running = True
+            self._unsaved = True
+
+    @contextlib.contextmanager
+    def nothing_unsaved(self, wait, why: str):
+        """Within this, the step reached is saved (``wait()`` returns once its save is on
+        disk), so a notice ends the process at once, saying ``why``."""
+        with self._poll_lock:
+            self._unsaved, self._before_exit, self._why = False, wait, why
+        try:
+            yield
+        finally:
+            with self._poll_lock:
+                self._unsaved, self._before_exit = True, None
 
     def poll(self) -> bool:
         """Whether to stop now. Every process calls it at the same points: after each
@@ -201,11 +222,11 @@ class Listener:
         return signum
 
     def _agree(self) -> None:
-        """Every process reports the polls it has passed ("start-up" before the first
-        step); all stop after the fastest one's next poll, or exit now if any process is
-        still starting up (no step can have finished without it)."""
+        """Every process reports the polls it has passed ("saved" when it has nothing
+        unsaved); all stop after the fastest one's next poll, or exit now if any process
+        has nothing unsaved (no later step can have finished without it)."""
         with self._poll_lock:  # The main thread waits at its next poll until agreed.
-            mine = str(self._polls) if self._running else "start-up"
+            mine = str(self._polls) if self._unsaved else _SAVED
             reports, client = [mine], self._coordination()
             if client is not None:
                 try:
@@ -215,8 +236,10 @@ class Listener:
                 except Exception as e:  # noqa: BLE001 - a process that does not answer.
                     logging.error("The processes could not agree where to stop: %s", e)
                     self._exit_now("without agreement", together=False)
-            if "start-up" in reports:
-                self._exit_now("during start-up: nothing was trained since the newest checkpoint")
+            if _SAVED in reports:
+                if self._before_exit is not None:
+                    self._before_exit()
+                self._exit_now(self._why if mine == _SAVED else _ANOTHER)
             self._stop_at = max(map(int, reports)) + 1
         self._agreed.set()
 

@@ -177,6 +177,8 @@ def _train(config, workdir, manager, mesh, writer, listener) -> dict:
         if stopping:
             raise _preempted(manager, listener, step, path)
         if evaluating:
+            if listener.poll():  # A signal during the save: the evaluation can wait.
+                raise _preempted(manager, listener, step, path)
             eval_metrics = _evaluate(programs, state, config, manager, step, writer, listener)
     if previous is not None:
         _check_finite(config.num_train_steps, previous, manager)
@@ -199,31 +201,30 @@ def _preempted(manager, listener, step: int, path) -> preemption.Preempted:
 
 def _evaluate(programs, state, config, manager, step: int, writer, listener) -> dict:
     """Evaluates the saved step, attaches its mean IoU to its checkpoint (which ranks it for
-    ``best``) and writes the summaries. A preemption abandons it within one batch: the
-    step is on disk, and the evaluation runs first thing when the run resumes. If it
-    fails (out of memory with TTA, say), the step is saved all the same."""
+    ``best``) and writes the summaries. A preemption meanwhile ends the process at once,
+    once the step's save is on disk, and the evaluation runs first when the run resumes.
+    If it fails (out of memory with TTA, say), the step is saved all the same."""
+    why = (
+        f"during the evaluation of step {step}: step {step} is saved in "
+        f"{checkpointing.step_path(manager, step)}, and its evaluation runs first when the run "
+        "resumes"
+    )
     logging.info("Evaluating step %d on %s", step, config.dataset.eval_split)
-    try:
-        result = evaluation.evaluate(
-            programs,
-            steps.variables(state),
-            config,
-            num_examples=config.eval_summary_images,
-            stop=listener.poll,
-        )
-    except evaluation.Abandoned as e:
-        logging.warning("Step %d: %s; it runs first when the run resumes", step, e)
-        raise _preempted(manager, listener, step, checkpointing.step_path(manager, step)) from None
-    except Exception:
-        manager.wait_until_finished()
-        logging.warning(
-            "Evaluation at step %d failed; the step is saved, and its evaluation runs first "
-            "when the run resumes",
-            step,
-        )
-        raise
-    checkpointing.attach_metrics(manager, step, result.metrics)
-    _write_eval_summaries(writer, step, result, config)
+    with listener.nothing_unsaved(manager.wait_until_finished, why):
+        try:
+            result = evaluation.evaluate(
+                programs, steps.variables(state), config, num_examples=config.eval_summary_images
+            )
+        except Exception:
+            manager.wait_until_finished()
+            logging.warning(
+                "Evaluation at step %d failed; the step is saved, and its evaluation runs first "
+                "when the run resumes",
+                step,
+            )
+            raise
+        checkpointing.attach_metrics(manager, step, result.metrics)
+        _write_eval_summaries(writer, step, result, config)
     return result.metrics
 
 

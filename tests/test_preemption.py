@@ -27,7 +27,6 @@ from fcn_jax import (
     input_pipeline,
     optim,
     preemption,
-    training,
 )
 from tests.conftest import save_ranked
 from tests.test_training import logged_steps, saved_params, train
@@ -111,63 +110,51 @@ def test_a_signal_saves_the_step_reached_and_the_resumed_run_is_exact(
         assert moved.stat().st_size == size  # Set aside as it was, not deleted.
 
 
-def test_evaluations_are_saved_first_abandoned_on_a_signal_and_run_on_resume(
+def test_evaluations_are_saved_first_and_a_missed_one_runs_on_resume(
     config, uninterrupted, tmp_path, monkeypatch
 ):
     """Evaluations at 4 and 6 (the last), checkpoints every 3 steps: every evaluated step is
-    saved before its evaluation and ranked after it. A signal during the step-4 evaluation
-    abandons it within a batch; the resumed run evaluates step 4 first. A signal while the
-    last evaluation is written ends the run preempted once its checkpoint is on disk."""
+    saved before its evaluation and ranked after it. The step-4 evaluation fails (a signal
+    then ends the process, see tests/test_cli.py); the resumed run evaluates step 4 first.
+    A signal during the last save ends the run once it is on disk, before the last
+    evaluation, which the same command then runs."""
     settings = config(eval_every_steps=4, checkpoint_every_steps=3, keep_checkpoints=9)
-    real_eval_iterator, real_summaries = (
-        input_pipeline.eval_iterator,
-        training._write_eval_summaries,
-    )
-    batches_seen = []
+    real_save = checkpointing.save
 
-    def signal_at_second_batch(cfg):
-        batches, count = real_eval_iterator(cfg)
-
-        def signalling():
-            for i, batch in enumerate(batches, 1):
-                if i == 2:
-                    # The step's checkpoint was written before its evaluation began.
-                    assert (tmp_path / "checkpoints" / "4").is_dir()
-                    os.kill(os.getpid(), signal.SIGTERM)
-                batches_seen.append(i)
-                yield batch
-
-        return signalling(), count
+    def failing(*args, **kwargs):
+        # Its save began before it (orbax writes into "4.orbax-checkpoint-tmp-...").
+        assert "4" in [n.split(".")[0] for n in os.listdir(tmp_path / "checkpoints")]
+        raise MemoryError("out of memory in the evaluation")
 
     with monkeypatch.context() as m:
-        m.setattr(input_pipeline, "eval_iterator", signal_at_second_batch)
-        with pytest.raises(preemption.Preempted, match="preempted at step 4; saved .*/4;"):
+        m.setattr(evaluation, "evaluate", failing)
+        with pytest.raises(MemoryError):
             train(settings, tmp_path)
-    assert 2 <= max(batches_seen) <= 3 < 8  # Abandoned within a batch of the signal.
     manager = checkpointing.make_manager(str(tmp_path), read_only=True)
     assert manager.all_steps() == [3, 4] and manager.best_step() is None
     manager.close()
 
-    def signal_while_writing_summaries(writer, step, result, cfg):
-        real_summaries(writer, step, result, cfg)
+    def signal_at_the_last_save(manager, step, *args):
+        path = real_save(manager, step, *args)
         if step == STEPS:
             os.kill(os.getpid(), signal.SIGTERM)
+        return path
 
     with monkeypatch.context() as m:
-        m.setattr(training, "_write_eval_summaries", signal_while_writing_summaries)
+        m.setattr(checkpointing, "save", signal_at_the_last_save)
         with pytest.raises(preemption.Preempted, match=f"preempted at step {STEPS}; saved"):
-            train(settings, tmp_path)  # Evaluates step 4 first, then trains 5 and 6.
-    assert train(settings, tmp_path) == {}  # Finished: nothing more to evaluate or train.
+            train(settings, tmp_path)  # Evaluates step 4 first, trains 5 and 6, saves 6.
+    manager = checkpointing.make_manager(str(tmp_path), read_only=True)
+    assert manager.all_steps() == [3, 4, 6] and manager.best_step() == 4
+    manager.close()
+    final = train(settings, tmp_path)  # Trains nothing: evaluates step 6, the last.
 
     manager = checkpointing.make_manager(str(tmp_path), read_only=True)
     ranked = {s: manager.metrics(s) for s in manager.all_steps()}
     manager.close()
     assert sorted(ranked) == [3, 4, 6] and ranked[3] is None  # 3 was saved, not evaluated.
-    assert ranked[4]["mean_iou"] > 0 and ranked[6]["mean_iou"] > 0
-    assert logged_steps(tmp_path, "eval/mean_iou") == [
-        4,
-        STEPS,
-    ]  # Each evaluation once, the missed one too.
+    assert ranked[4]["mean_iou"] > 0 and ranked[6]["mean_iou"] == final["mean_iou"]
+    assert logged_steps(tmp_path, "eval/mean_iou") == [4, STEPS]  # Each evaluation once.
     assert_bitwise_equal(
         saved_params(tmp_path, STEPS), saved_params(uninterrupted(config()), STEPS)
     )
