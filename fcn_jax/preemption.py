@@ -130,7 +130,7 @@ class Listener:
 
     def poll(self) -> bool:
         """Whether to stop now. Every process calls it at the same points: after each
-        training step and each evaluation batch. Blocks while the processes agree, and
+        training step, and before an evaluation. Blocks while the processes agree, and
         after a signal to this process until they have: a signal before a poll stops
         the run at that poll."""
         if self._pending:
@@ -202,7 +202,7 @@ class Listener:
                         signal.strsignal(signum),
                         "saving the step reached"
                         if self.stopping
-                        else "stopping at the next step or evaluation batch",
+                        else "stopping after the step in flight",
                     )
                 return
             if here and self._coordination() is not None:

@@ -404,4 +404,4 @@ def test_a_second_signal_says_what_is_happening(caplog):
         wait_until(lambda: "again" in caplog.text)
         assert listener.poll() and listener.exit_signal == signal.SIGINT
     assert "Interrupt received: stopping" in caplog.text
-    assert "Interrupt again: stopping at the next step or evaluation batch" in caplog.text
+    assert "Interrupt again: stopping after the step in flight" in caplog.text
