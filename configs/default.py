@@ -105,10 +105,12 @@ def get_config():
     config.batch_size = 8  # Global, over all devices and hosts.
     config.num_train_steps = 20_000
     config.log_every_steps = 50
+    # An evaluated step is always saved too (before its evaluation), so best ranks it.
     config.eval_every_steps = 2_000
     config.checkpoint_every_steps = 2_000
-    # Also save once this many minutes have passed since the last checkpoint (0 = off):
-    # bounds the work a crash can cost on slow hardware. SIGTERM/Ctrl-C always save.
+    # Also save once this many minutes have passed since the last checkpoint or the end of
+    # start-up (0 = off): bounds the work a crash can cost on slow hardware. SIGTERM and
+    # Ctrl-C always save the step reached.
     config.checkpoint_every_minutes = 0.0
     config.eval_summary_images = 3  # Eval images (input | truth | prediction) in TensorBoard.
     config.keep_checkpoints = 2  # Latest N kept, plus the best by eval mean IoU.
@@ -121,9 +123,10 @@ def get_config():
     # (FCN-16s from FCN-32s: backbone and score_fr).
     config.init_from = ""
     config.init_layers = ()
-    # On resume, when config.optimizer no longer fits the checkpoint's optimizer state
-    # (grad_clip_norm added, another optimizer, ...): keep its parameters and step and
-    # start a new optimizer state, the learning-rate schedule continuing at that step.
+    # On resume: keep the checkpoint's parameters and step with a new optimizer state (after
+    # a divergence, or where config.optimizer no longer fits its state: grad_clip_norm
+    # added, another optimizer, ...), the learning-rate schedule continuing at that step.
+    # Once per change: a checkpoint written after the reset continues its own state.
     config.reset_optimizer = False
 
     config.lock()
