@@ -1,5 +1,7 @@
 """FCN on a dilated ResNet-101 (torchvision's fcn_resnet101): the recipe of
-configs/fcn_resnet50.py (mmsegmentation's, VOC 2012 train_aug, 20k steps of 16).
+configs/fcn_resnet50.py, mmsegmentation's FCN R-101-D8 512x512 20k on VOC 2012 aug, field by
+field as the table there says (the same differences: ResNetV1c and its two-convolution head
+there, torchvision's network here).
 
     python -m fcn_jax.convert --layout=torchvision --input=resnet101-63fe2227.pth \\
         --output=/tmp/w/resnet101
@@ -8,10 +10,10 @@ configs/fcn_resnet50.py (mmsegmentation's, VOC 2012 train_aug, 20k steps of 16).
         --config.init_from=/tmp/w/resnet101
     python eval.py --config=configs/fcn_resnet101.py --workdir=/tmp/fcn_resnet101
 
-Expected (mmsegmentation's FCN R-101-D8, 512x512, 20k: 71.2 mean IoU on VOC 2012 val;
-not run here yet; its network differs as configs/fcn_resnet50.py says). torchvision's
-COCO weights (fcn_resnet101_coco-7ecb50ca.pth, 63.7 mean IoU on COCO val2017) convert
-and segment photos as there.
+Expected (mmsegmentation's configs/fcn/README.md, 0.x: FCN R-101-D8, 512x512, 20k): 71.16
+mean IoU on VOC 2012 val, with its own network (not run here). torchvision's COCO weights
+(fcn_resnet101_coco-7ecb50ca.pth, 63.7 mean IoU on COCO val2017) convert and segment photos
+as there.
 """
 
 from configs import fcn_resnet50

@@ -148,7 +148,7 @@ def _train(config, manager, mesh, writer, listener) -> dict:
         preempted = listener.reached(step)
         due = manager.should_save(step) or is_last or preempted
         if step % config.log_every_steps == 0 or is_last or preempted:
-            summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(history)).items()}
+            summary = _summarize(jax.device_get(_stack(history)))
             summary.update(progress(step))
             writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             history = []
@@ -187,11 +187,15 @@ def _resume(manager, step: int, config, compiled) -> steps.TrainState:
     programs = compiled()
     abstract = programs.abstract_state
     if checkpointing.optimizer_carries_over(manager, step, config, abstract.params):
-        return checkpointing.restore_state(manager, step, abstract)
+        state = checkpointing.restore_state(manager, step, abstract)
+        if state.loss_scale is None:  # Written without a dynamic scale: start one.
+            state = state.replace(loss_scale=programs.init_loss_scale())
+        return state
     step_array, variables = checkpointing.restore_without_optimizer(manager, step, abstract)
     return steps.TrainState(
         step=step_array,
         opt_state=programs.init_optimizer(variables["params"], step_array),
+        loss_scale=programs.init_loss_scale(),
         **variables,
     )
 
@@ -220,6 +224,14 @@ def _write_eval_summaries(writer, step: int, result, config) -> None:
     writer.write_scalars(step, scalars)
     if result.examples is not None:
         writer.write_images(step, {"eval/input_truth_prediction": result.examples})
+
+
+def _summarize(history: dict) -> dict[str, float]:
+    """Means over the logging interval; counts (overflowing steps) are summed."""
+    return {
+        k: float(np.sum(v) if k in steps.COUNTED_METRICS else np.mean(v))
+        for k, v in history.items()
+    }
 
 
 def _stack(history):

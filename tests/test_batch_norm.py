@@ -22,7 +22,7 @@ from fcn_jax import (
     training,
 )
 from tests.test_models import PARAM_COUNTS, abstract_init
-from tests.test_training import mesh_of, run_steps, train_steps
+from tests.test_training import mesh_of, train_steps
 
 # torchvision's documented parameter counts of vgg16 and vgg16_bn (ImageNet classifiers).
 TORCHVISION_VGG16, TORCHVISION_VGG16_BN = 138_357_544, 138_365_992
@@ -59,30 +59,57 @@ def test_parameter_counts_match_torchvision_and_mindspore():
     assert "bias" not in params["score_fr"] and "bias" in torchvision["params"]["score_fr"]
 
 
-def state_after_two_steps(config, num_devices):
-    return jax.device_get(run_steps(config, mesh_of((num_devices, 1), num_devices))[0])
+def first_and_last(config, num_devices, num_steps):
+    """(initial state, state after num_steps) on num_devices, on the host."""
+    mesh = mesh_of((num_devices, 1), num_devices)
+    programs = steps.compile_steps(config, mesh)
+    state = programs.init(jax.random.key(0))
+    start = jax.device_get(state)
+    batches = input_pipeline.train_iterator(config)
+    for _ in range(num_steps):
+        batch = sharding.global_batch(next(batches), mesh)
+        state, _ = programs.train_step(state, batch, jax.random.key(1))
+    return start, jax.device_get(state)
 
 
-def test_batch_statistics_are_over_the_global_batch_on_1_or_8_devices(tiny_config):
-    # SGD: Adam divides by the gradient's own size, so the rounding noise of gradients that
-    # are zero in exact arithmetic (a bias before a BatchNorm) would become whole steps.
-    config = bn_config(  # BatchNorm after every convolution, fc6 and fc7 included.
-        tiny_config,
-        optimizer__name="sgd",
-        optimizer__learning_rate=0.05,
-    )
-    one, eight = state_after_two_steps(config, 1), state_after_two_steps(config, 8)
-    start = jax.device_get(
-        steps.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1])).init(
-            jax.random.key(0)
-        )
-    )
+def assert_trained_alike(one, eight, start, held_to_moves=lambda path: False):
+    """1 and 8 devices: every parameter and statistic within 1e-4 of its tensor's largest
+    value + 1e-6 (those ``held_to_moves`` picks by path: within 1/10 of their largest move),
+    and every statistic moved (BatchNorm trained: not unchanged tensors compared)."""
     moved = jax.tree.map(
         lambda a, b: float(np.abs(a - b).max()), one.batch_stats, start.batch_stats
     )
-    assert min(jax.tree.leaves(moved)) > 0  # Every statistic was updated.
-    for a, b in ((one.params, eight.params), (one.batch_stats, eight.batch_stats)):
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+    assert min(jax.tree.leaves(moved)) > 0
+    ratios = []
+    for (path, a), b, s in zip(
+        jax.tree_util.tree_leaves_with_path(steps.variables(eight)),
+        jax.tree.leaves(steps.variables(one)),
+        jax.tree.leaves(steps.variables(start)),
+    ):
+        name = sharding.path_str(path)
+        bound = 0.1 * np.abs(b - s).max() if held_to_moves(name) else 1e-4 * np.abs(b).max() + 1e-6
+        ratios.append((float(np.abs(a - b).max() / bound), name))
+    assert max(ratios)[0] <= 1, sorted(ratios, reverse=True)[:5]
+
+
+# torchvision's vgg16_bn has a bias before every BatchNorm, whose gradient is zero in exact
+# arithmetic: Adam divides that gradient's rounding noise (which differs with the number of
+# devices) by its own size and steps by up to the learning rate. The demo's warmup keeps those
+# steps under the tolerance for 6 steps; the tutorial's net (no such biases) takes the full rate.
+@pytest.mark.parametrize(
+    "fc_batch_norm, warmup_steps", [(False, 100), (True, 0)], ids=["torchvision", "mindspore"]
+)
+def test_1_or_8_devices_train_alike_with_adam(tiny_config, fc_batch_norm, warmup_steps):
+    """Batch statistics over the global batch, computed stably enough (two passes) that Adam,
+    which divides by the gradients' own size, trains alike on 1 device and 8 for 6 steps."""
+    config = bn_config(
+        tiny_config,
+        model__fc_batch_norm=fc_batch_norm,
+        optimizer__name="adam",
+        optimizer__warmup_steps=warmup_steps,
+    )
+    (start, one), (_, eight) = (first_and_last(config, n, 6) for n in (1, 8))
+    assert_trained_alike(one, eight, start)
 
 
 def test_frozen_batch_norm_keeps_its_statistics_and_normalises_by_them(tiny_config):
