@@ -129,7 +129,8 @@ def get_config():
 
     # Loss scaling, for float16: none | static (the loss times value, every step applied:
     # MindSpore's FixedLossScaleManager) | dynamic (starts at value, halves and skips the
-    # step when a gradient overflows, doubles after growth_interval good steps in a row).
+    # step when a gradient overflows, doubles at a finite step that follows growth_interval
+    # finite ones; checkpointed with the run).
     config.loss_scale = ml_collections.ConfigDict()
     config.loss_scale.kind = "none"
     config.loss_scale.value = 2.0**16

@@ -25,9 +25,10 @@ from fcn_jax.visualize import VOID  # Not via input_pipeline: the steps need no 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # loss_scale.kind: none; static, the loss times a constant (MindSpore's FixedLossScaleManager
-# with drop_overflow_update=False: every step is applied); dynamic, a scale that halves and
-# skips the step when a gradient overflows, and doubles after growth_interval good steps
-# (torch's GradScaler, MindSpore's DynamicLossScaleManager), kept in the train state.
+# with drop_overflow_update=False: every step is applied); dynamic, flax's DynamicScale: it
+# halves and the step is skipped when a gradient overflows, it doubles at a finite step that
+# follows growth_interval finite ones (as torch's GradScaler and MindSpore's
+# DynamicLossScaleManager do), and it lives in the train state.
 LOSS_SCALES = ("none", "static", "dynamic")
 # Step metrics that the training log sums over its interval instead of averaging.
 COUNTED_METRICS = ("overflow_steps",)
@@ -74,7 +75,6 @@ def build_model(config) -> models.FCN | resnet.ResNetFCN:
             freeze_batch_norm=m.freeze_batch_norm,
         )
     return models.FCN(
-        head_init=m.head_init,
         variant=m.variant,
         num_classes=m.num_classes,
         geometry=m.geometry,
@@ -87,6 +87,7 @@ def build_model(config) -> models.FCN | resnet.ResNetFCN:
         backbone=m.backbone,
         fc_batch_norm=m.fc_batch_norm,
         freeze_batch_norm=m.freeze_batch_norm,
+        head_init=m.head_init,
     )
 
 
