@@ -178,9 +178,8 @@ def test_frozen_batch_norm_keeps_its_statistics_and_normalises_by_them(tiny_conf
     model = steps.build_model(config)  # In training, frozen BatchNorm is eval's BatchNorm.
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     variables = steps.variables(jax.device_get(state))
-    np.testing.assert_array_equal(
-        model.apply(variables, x, train=True), model.apply(variables, x, train=False)
-    )
+    both = jax.jit(lambda v, x: (model.apply(v, x, train=True), model.apply(v, x, train=False)))
+    np.testing.assert_array_equal(*both(variables, x))
 
 
 def saved_state(workdir, step):

@@ -105,12 +105,17 @@ def test_frozen_batch_norm_normalises_by_the_running_statistics(tiny_config):
 def test_inference_takes_the_main_logits_with_tta_and_windows(tiny_config):
     config = resnet_config(tiny_config, dataset__eval_pad_size=(32, 32))
     model = steps.build_model(config)
-    variables = steps.variables(steps.make_init_fn(model, optax.sgd(0.0))(jax.random.key(0)))
+    init = jax.jit(steps.make_init_fn(model, optax.sgd(0.0)))
+    variables = steps.variables(init(jax.random.key(0)))
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 40, 56, 3), np.uint8))
-    logits = models.main_logits(
-        model.apply(variables, normalize(images, "torch", model.dtype), train=False)
-    )
-    scores = steps.make_scores_fn(model, config)(variables, images)
+
+    @jax.jit
+    def logits_and_scores(variables, images):
+        x = normalize(images, "torch", model.dtype)
+        logits = models.main_logits(model.apply(variables, x, train=False))
+        return logits, steps.make_scores_fn(model, config)(variables, images)
+
+    logits, scores = logits_and_scores(variables, images)
     np.testing.assert_array_equal(scores, logits)  # One view: the "out" head's logits.
     config.inference.flip, config.inference.scales = True, (0.75, 1.0)
     config.inference.sliding_window = True
