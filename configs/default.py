@@ -34,8 +34,12 @@ def get_config():
     config.model.fc_width = 4096  # Channels of fc6/fc7; VGG-16 is 4096.
     config.model.dropout_rate = 0.5  # After fc6 and fc7; ResNet FCNs: in the heads (0.1).
     config.model.freeze_upsampling = True  # Keep the bilinear upsampling fixed, as the paper.
+    # VGG FCNs: how the score layers and upsampling start. fcn: zero scores and bilinear
+    # upsampling (the reference nets); xavier_uniform: both drawn as MindSpore's FCN-8s does.
+    config.model.head_init = "fcn"
     config.model.fc6_impl = "matmul"  # matmul (faster on XLA CPU) | conv; same numbers.
-    config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+    # Compute dtype: float32 | bfloat16 | float16 (params stay float32; float16 wants loss_scale).
+    config.model.dtype = "float32"
 
     config.dataset = ml_collections.ConfigDict()
     # synthetic (built in, no download) | voc_sbd (PASCAL VOC 2012 + SBD, TFDS) |
@@ -52,8 +56,18 @@ def get_config():
     # Training augmentation of voc_sbd/folder data; synthetic images come unaugmented.
     config.dataset.crop_size = (512, 512)  # Training crop (height, width).
     config.dataset.scale_range = (0.5, 2.0)  # Random scale before cropping.
+    # () scales each image by the random ratio itself; (long, short) scales it to fit inside
+    # (long * ratio, short * ratio), keeping its shape: mmsegmentation's Resize(img_scale=
+    # (2048, 512), ratio_range=scale_range) gives a 500x375 image 0.68-2.73 times its size.
+    config.dataset.scale_base = ()
+    config.dataset.image_resize = "bilinear"  # Training images: bilinear | bicubic.
+    # < 1: redraw (up to 10 times) a crop whose commonest class covers this share of its
+    # labelled pixels or more: mmsegmentation's RandomCrop(cat_max_ratio=0.75).
+    config.dataset.cat_max_ratio = 1.0
     config.dataset.flip = True  # Random horizontal flip.
     config.dataset.color_jitter = 0.0  # Brightness/contrast jitter strength; 0 = off.
+    # mmsegmentation's PhotoMetricDistortion: brightness, contrast, saturation and hue.
+    config.dataset.photometric_distortion = False
     config.dataset.eval_pad_size = (512, 512)  # Eval images padded (label 255) to this size.
     # Evaluate (and predict) every image at its own size, unpadded, as the reference
     # FCN scoring does: exact for the caffe geometry, one compiled step per distinct
@@ -64,6 +78,9 @@ def get_config():
     # in 0-255) | "" = what the init_from weights expect (recorded by their conversion), or
     # caffe when training from scratch.
     config.dataset.normalization = ""
+    # What evaluation normalises by, when not the same ("" = dataset.normalization): the
+    # MindSpore zoo's eval.py measured its figure with mindspore_rgb (see configs/fcn8s.py).
+    config.dataset.eval_normalization = ""
     config.dataset.eval_batch_size = 8  # Global; the last batch is padded with void pixels.
     config.dataset.prefetch = 2  # Batches prepared ahead on the host.
 
@@ -76,6 +93,14 @@ def get_config():
     # of running them whole (FCNs take any size; windows bound the memory).
     config.inference.sliding_window = False
     config.inference.window_overlap = 1 / 3  # Fraction of a window shared with the next.
+    # () runs each image at its size. (long, short): rescale it to fit inside that box,
+    # keeping its shape, run the model, and resize the scores back to the image's size
+    # (bilinear): mmsegmentation's test Resize(scale=(2048, 512), keep_ratio=True). Needs
+    # dataset.eval_native_size.
+    config.inference.resize_to = ()
+    # With resize_to: pad the rescaled image to the box, as the MindSpore zoo's eval.py pads
+    # to 512x512 (its padding normalises to 0).
+    config.inference.pad_resized = False
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"  # sgd | adam | adamw
@@ -87,13 +112,29 @@ def get_config():
     config.optimizer.nesterov = False  # sgd only.
     config.optimizer.b1 = 0.9  # adam/adamw.
     config.optimizer.b2 = 0.999  # adam/adamw.
-    config.optimizer.weight_decay = 5e-4  # On kernels only, never on biases.
+    config.optimizer.weight_decay = 5e-4  # On kernels only, never on biases (Caffe, MindSpore).
+    # Decay every parameter, biases and BatchNorm scales and offsets too (torch's SGD, as
+    # mmsegmentation and torchvision's references use it).
+    config.optimizer.decay_all_parameters = False
     config.optimizer.bias_lr_mult = 1.0  # Caffe uses 2: biases learn twice as fast.
+    config.optimizer.min_learning_rate = 0.0  # Where poly and cosine end (mmseg's min_lr).
+    # The schedule steps every this many steps: MindSpore's zoo changes it once an epoch.
+    config.optimizer.schedule_interval = 1
     config.optimizer.grad_clip_norm = 0.0  # Clip by global norm when > 0.
 
     # Loss: softmax cross-entropy ignoring label 255. "mean" averages over the
-    # valid pixels of the global batch; "sum" is Caffe's unnormalised loss.
+    # valid pixels of the global batch; "sum" is Caffe's unnormalised loss;
+    # "mean_all_pixels" divides by every pixel, void ones too (mmsegmentation's).
     config.loss_reduction = "mean"
+
+    # Loss scaling, for float16: none | static (the loss times value, every step applied:
+    # MindSpore's FixedLossScaleManager) | dynamic (starts at value, halves and skips the
+    # step when a gradient overflows, doubles at a finite step that follows growth_interval
+    # finite ones; checkpointed with the run).
+    config.loss_scale = ml_collections.ConfigDict()
+    config.loss_scale.kind = "none"
+    config.loss_scale.value = 2.0**16
+    config.loss_scale.growth_interval = 2000
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # (data, model); -1 takes all remaining devices.

@@ -7,8 +7,10 @@
 INIT: the workdir of a trained FCN-32s (the paper's staged recipe: every layer both
 nets have is taken, score_pool4 starts at zero); without it, ImageNet VGG-16 (torchvision's;
 with `:caffe`, Caffe's), downloaded and cached on first use.
-Expected: about 64 mean IoU on VOC 2012 val with the batched recipe; with
-`:paper,caffe` from FCN-32s the paper reports 65.0 on seg11valid (converted: 65.01).
+Expected, with `:paper,caffe` from FCN-32s: 65.0 mean IoU on seg11valid
+(fcn.berkeleyvision.org's README; pytorch-fcn's conversion of the Caffe model: 65.01).
+The batched recipe is fcn_jax's own, without a measured figure. The recipes against
+their reference, field by field: configs/fcn8s.py.
 """
 
 from configs import fcn8s

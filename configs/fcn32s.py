@@ -6,9 +6,11 @@
 
 It starts from ImageNet VGG-16 (torchvision's; with `:caffe`, Caffe's), downloaded and
 cached on first use (README: Pretrained weights); --config.init_from="" trains from scratch.
-Expected: about 62-63 mean IoU on VOC 2012 val with the batched recipe; with
-`:paper,caffe` the paper reports 63.6 on seg11valid (converted Caffe model: 63.63).
-The coarse stride-32 output blurs boundaries, which the 16s and 8s skips recover.
+Expected, with `:paper,caffe`: 63.6 mean IoU on seg11valid (fcn.berkeleyvision.org's
+README; pytorch-fcn's conversion of the Caffe model: 63.63). The batched recipe is
+fcn_jax's own, without a measured figure. The coarse stride-32 output blurs boundaries,
+which the 16s and 8s skips recover. The recipes against their reference, field by field:
+configs/fcn8s.py.
 """
 
 from configs import fcn8s

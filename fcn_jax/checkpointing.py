@@ -25,8 +25,10 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax.training.dynamic_scale import DynamicScale
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as cm
 from orbax.checkpoint.checkpoint_manager import METRIC_ITEM_NAME, CheckpointInfo
@@ -272,14 +274,32 @@ def restore_state(manager, step: int, abstract_state):
     """Restores the whole train state onto the shardings in ``abstract_state``.
 
     Checkpoints written before the train state held ``batch_stats`` (all of them
-    without BatchNorm) restore as a state with none.
+    without BatchNorm) restore as a state with none. The loss scale is restored when
+    both the checkpoint and ``abstract_state`` hold a dynamic one; otherwise the state
+    comes back with ``loss_scale=None``, for the caller to start a scale afresh.
     """
-    if _MODEL_FIELD_OF_BATCH_STATS in saved_config(manager, step)["model"]:
-        args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
-        return manager.restore(step, args=args)[STATE]
-    fields = {k: v for k, v in vars(abstract_state).items() if k != "batch_stats"}
-    args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(fields)})
-    return type(abstract_state)(batch_stats={}, **manager.restore(step, args=args)[STATE])
+    saved = saved_config(manager, step)
+    target, absent = dict(vars(abstract_state)), {}
+    if _MODEL_FIELD_OF_BATCH_STATS not in saved["model"]:
+        del target["batch_stats"]
+        absent["batch_stats"] = {}
+    # What the checkpoint holds as its loss scale: nothing (written before there was
+    # one), None, or a dynamic scale, which is read even where it is not wanted.
+    kind = saved.get("loss_scale", {}).get("kind")
+    keep = kind == "dynamic" and target["loss_scale"] is not None
+    if kind is None:
+        del target["loss_scale"]
+    elif kind != "dynamic":
+        target["loss_scale"] = None
+    elif not keep:
+        scalar = abstract_state.step
+        scale = jax.ShapeDtypeStruct((), np.float32, sharding=scalar.sharding)
+        target["loss_scale"] = DynamicScale(fin_steps=scalar, scale=scale)
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)})
+    restored = manager.restore(step, args=args)[STATE]
+    if not keep:
+        restored["loss_scale"] = None
+    return type(abstract_state)(**absent, **restored)
 
 
 def restore_variables(manager, step: int, abstract_variables: dict) -> dict:

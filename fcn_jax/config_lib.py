@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from fcn_jax import input_pipeline, models, normalization, optim, resnet, sharding
-from fcn_jax.transforms import VOID
+from fcn_jax import input_pipeline, losses, models, normalization, optim, resnet, sharding, steps
+from fcn_jax.transforms import IMAGE_RESIZES, VOID
 from fcn_jax.weights import catalogue
 
-LOSS_REDUCTIONS = ("mean", "sum")
 _CHOICES = (
     ("model.variant", models.VARIANTS),
     ("model.geometry", models.GEOMETRIES),
     ("model.backbone", models.BACKBONES + resnet.BACKBONES),
     ("model.fc6_impl", models.FC6_IMPLS),
-    ("model.dtype", ("float32", "bfloat16")),
+    ("model.dtype", tuple(steps.DTYPES)),
+    ("model.head_init", models.HEAD_INITS),
     ("dataset.name", input_pipeline.DATASETS),
     ("dataset.normalization", ("", *normalization.NORMALIZATIONS)),
+    ("dataset.eval_normalization", ("", *normalization.NORMALIZATIONS)),
+    ("dataset.image_resize", IMAGE_RESIZES),
     ("optimizer.name", optim.OPTIMIZERS),
     ("optimizer.schedule", optim.SCHEDULES),
-    ("loss_reduction", LOSS_REDUCTIONS),
+    ("loss_reduction", losses.REDUCTIONS),
+    ("loss_scale.kind", steps.LOSS_SCALES),
     ("mesh.param_sharding", tuple(sharding.RULE_SETS)),
 )
 _POSITIVE = (
@@ -31,6 +34,8 @@ _POSITIVE = (
     "model.base_width",
     "model.fc_width",
     "dataset.eval_batch_size",
+    "optimizer.schedule_interval",
+    "loss_scale.growth_interval",
 )
 
 
@@ -85,6 +90,30 @@ def validate_config(config) -> None:
     low, high = config.dataset.scale_range
     if not 0 < low <= high:
         raise ValueError(f"config field dataset.scale_range={(low, high)} needs 0 < low <= high")
+    for field in ("dataset.scale_base", "inference.resize_to"):
+        box = tuple(_get(config, field))
+        if box and (len(box) != 2 or min(box) < 1):
+            raise ValueError(
+                f"config field {field}={box} must be () or (long, short) in pixels, "
+                "e.g. (2048, 512)"
+            )
+    if not 0 < config.dataset.cat_max_ratio <= 1:
+        raise ValueError(
+            f"config field dataset.cat_max_ratio={config.dataset.cat_max_ratio} not in (0, 1] "
+            "(1: any crop)"
+        )
+    if config.inference.resize_to and not config.dataset.eval_native_size:
+        raise ValueError(
+            f"config field inference.resize_to={tuple(config.inference.resize_to)} rescales each "
+            "image by its own size: set dataset.eval_native_size=True too"
+        )
+    if not 0 <= config.optimizer.min_learning_rate <= config.optimizer.learning_rate:
+        raise ValueError(
+            f"config field optimizer.min_learning_rate={config.optimizer.min_learning_rate} "
+            f"must lie in [0, optimizer.learning_rate={config.optimizer.learning_rate}]"
+        )
+    if not config.loss_scale.value > 0:
+        raise ValueError(f"config field loss_scale.value={config.loss_scale.value} must be > 0")
     if not 0 < config.model.num_classes <= VOID:
         raise ValueError(
             f"config field model.num_classes={config.model.num_classes}: labels are uint8 "

@@ -85,19 +85,21 @@ def scores_are(config, tta: bool) -> str:
 
 def serving_config(config, tta: bool):
     """The config with the test-time inference an exported program runs: one view at the
-    input's own size, plus its mirror when ``tta`` and the config flips. Multi-scale and
-    sliding windows resize or tile by concrete sizes, which a program of symbolic sizes
-    cannot; asking for them is an error rather than a silently different model."""
+    input's own size, plus its mirror when ``tta`` and the config flips. Multi-scale,
+    sliding windows and resize_to resize or tile by concrete sizes, which a program of
+    symbolic sizes cannot; asking for them is an error rather than a silently different model."""
     options = config.inference
-    if tta and (tuple(options.scales) != (1.0,) or options.sliding_window):
+    if tta and (tuple(options.scales) != (1.0,) or options.sliding_window or options.resize_to):
         raise ExportError(
             "only flip test-time augmentation can be exported (the program takes any size); "
             f"the config asks for scales={tuple(options.scales)}, "
-            f"sliding_window={options.sliding_window}: set them to (1.0,) and False"
+            f"sliding_window={options.sliding_window}, resize_to={tuple(options.resize_to)}: "
+            "set them to (1.0,), False and ()"
         )
     serving = config.copy_and_resolve_references()
     serving.inference.scales = (1.0,)
     serving.inference.sliding_window = False
+    serving.inference.resize_to = ()
     serving.inference.flip = bool(tta and options.flip)
     return serving
 

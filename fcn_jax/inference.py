@@ -136,3 +136,29 @@ def predict_scores(
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).sum(axis=0)
         total = probs if total is None else total + probs
     return total / (len(scales) * views_per_scale)
+
+
+def fit_size(height: int, width: int, box: Sequence[int]) -> tuple[int, int]:
+    """The size of an image of height x width rescaled to fit inside ``box`` (long, short)
+    keeping its shape: mmcv.rescale_size, each side rounded half up."""
+    long_side, short_side = max(box), min(box)
+    factor = min(long_side / max(height, width), short_side / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def run_resized(scores_fn, images, box: Sequence[int], pad: bool):
+    """``scores_fn`` of ``images`` rescaled to fit ``box`` (bilinear, no antialiasing, as
+    OpenCV's and torch's resize), its scores resized back to the images' size.
+
+    ``pad``: the rescaled images are padded at the bottom/right to the box (oriented as
+    they are) with zeros, the mean colour once normalised, and the padding's scores dropped.
+    """
+    batch, height, width, channels = images.shape
+    size = fit_size(height, width, box)
+    x = jax.image.resize(images, (batch, *size, channels), "bilinear", antialias=False)
+    if pad:
+        canvas = (max(box), min(box)) if height >= width else (min(box), max(box))
+        x = jnp.pad(x, ((0, 0), (0, canvas[0] - size[0]), (0, canvas[1] - size[1]), (0, 0)))
+    scores = scores_fn(x).astype(jnp.float32)[:, : size[0], : size[1]]
+    shape = (batch, height, width, scores.shape[-1])
+    return jax.image.resize(scores, shape, "bilinear", antialias=False)

@@ -170,6 +170,10 @@ def train_iterator(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndar
             mean_rgb=mean,
             flip=ds_config.flip,
             color_jitter=ds_config.color_jitter,
+            scale_base=tuple(ds_config.scale_base),
+            cat_max_ratio=ds_config.cat_max_ratio,
+            photometric_distortion=ds_config.photometric_distortion,
+            image_resize=ds_config.image_resize,
         )
         return {"image": image, "label": label}
 
@@ -195,8 +199,8 @@ def _global_indices(start_step: int, global_batch: int, local: int) -> tf.data.D
 def _synthetic_train(config, start_step, global_batch, local):
     """Example i of the global stream is synthetic training image i of the config's seed.
 
-    The synthetic images are drawn at dataset.image_size, unaugmented: crop_size,
-    scale_range, flip and color_jitter apply to voc_sbd and folder data.
+    The synthetic images are drawn at dataset.image_size, unaugmented: the augmentation
+    fields (crop_size, scale_range, flip, ...) apply to voc_sbd and folder data.
     """
     ds = synthetic.as_tf_dataset(
         _global_indices(start_step, global_batch, local),

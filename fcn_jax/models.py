@@ -27,11 +27,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcn_jax.batch_norm import BatchNorm
+
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s")
 GEOMETRIES = ("caffe", "same")
 # vgg16: the Caffe/torchvision VGG-16. vgg16_bn: a BatchNorm after every VGG convolution.
 BACKBONES = ("vgg16", "vgg16_bn")
 FC6_IMPLS = ("matmul", "conv")
+# How the head starts (score layers, upsampling): fcn, the reference nets' zero scores and
+# bilinear upsampling; xavier_uniform, MindSpore's FCN-8s (weight_init="xavier_uniform" on
+# its score Conv2d and Conv2dTranspose layers: U(+-sqrt(6 / (fan_in + fan_out)))).
+HEAD_INITS = ("fcn", "xavier_uniform")
 MIN_INPUT_SIZE = 32  # One cell of the stride-32 score map.
 
 # VGG-16 convolution layers per stage, named as in Caffe; widths are base_width * multiplier.
@@ -43,9 +49,6 @@ VGG16_STAGES = (
     (("conv5_1", "conv5_2", "conv5_3"), 8),
 )
 BACKBONE_LAYERS = tuple(n for names, _ in VGG16_STAGES for n in names) + ("fc6", "fc7")
-# BatchNorm statistics are kept with the momentum and epsilon of torchvision and MindSpore
-# (running = 0.9 * running + 0.1 * batch).
-BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 # The FCN head's layers.
 SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3")
 # Transposed convolutions and their upsampling factors (kernel 2f, stride f).
@@ -75,6 +78,9 @@ def batch_norm_name(layer: str) -> str:
 
 
 _he_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+# Fans of an HWIO kernel: k*k*in and k*k*out, as MindSpore counts them (for its transposed
+# convolutions the two swap, and their sum does not change).
+_xavier = nn.initializers.xavier_uniform()
 
 
 def bilinear_kernel(factor: int, channels: int) -> np.ndarray:
@@ -181,16 +187,18 @@ class Upsample(nn.Module):
     features: int
     factor: int
     dtype: Any = jnp.float32
+    kernel_init: Any = None  # None: bilinear (the FCN's surgery.interp).
 
     @nn.compact
     def __call__(self, x):
-        def init(key, shape, dtype=jnp.float32):
+        def bilinear(key, shape, dtype=jnp.float32):
             del key
             if shape[2] != shape[3]:  # No bilinear meaning between different channel counts.
                 raise ValueError(f"bilinear init needs in == out channels, got {shape}")
             return jnp.asarray(bilinear_kernel(self.factor, shape[2]), dtype)
 
         f, cin = self.factor, x.shape[-1]
+        init = self.kernel_init or bilinear
         kernel = self.param("kernel", init, (2 * f, 2 * f, cin, self.features))
         # taps[t, u, cin, ry, rx, cout] = kernel[ry + f*(1-t), rx + f*(1-u), cin, cout]
         k = kernel.reshape(2, f, 2, f, cin, self.features)[::-1, :, ::-1]
@@ -285,6 +293,7 @@ class FCN(nn.Module):
     backbone: str = "vgg16"
     fc_batch_norm: bool = False
     freeze_batch_norm: bool = False  # Use the running statistics in training too.
+    head_init: str = "fcn"  # One of HEAD_INITS.
 
     def __post_init__(self):
         for field, value, allowed in (
@@ -292,6 +301,7 @@ class FCN(nn.Module):
             ("geometry", self.geometry, GEOMETRIES),
             ("fc6_impl", self.fc6_impl, FC6_IMPLS),
             ("backbone", self.backbone, BACKBONES),
+            ("head_init", self.head_init, HEAD_INITS),
         ):
             if value not in allowed:
                 raise ValueError(f"FCN {field}={value!r} is not one of {allowed}")
@@ -319,13 +329,8 @@ class FCN(nn.Module):
             return Conv(features, kernel_size, pad, self.dtype, kernel_init, bias, name=name)
 
         def norm(x, layer):
-            return nn.BatchNorm(
-                use_running_average=not train or self.freeze_batch_norm,
-                momentum=BN_MOMENTUM,
-                epsilon=BN_EPSILON,
-                dtype=self.dtype,
-                name=batch_norm_name(layer),
-            )(x)
+            frozen = not train or self.freeze_batch_norm
+            return BatchNorm(frozen, self.dtype, name=batch_norm_name(layer))(x)
 
         x = images.astype(self.dtype)
         pools = {}
@@ -352,7 +357,8 @@ class FCN(nn.Module):
         if self.fc_batch_norm:
             x = norm(x, "fc7")
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-        score = conv("score_fr", self.num_classes, 1, 0, nn.initializers.zeros)(x)
+        score_init = _xavier if self.head_init == "xavier_uniform" else nn.initializers.zeros
+        score = conv("score_fr", self.num_classes, 1, 0, score_init)(x)
 
         skips = {"fcn32s": (), "fcn16s": ("pool4",), "fcn8s": ("pool4", "pool3")}[self.variant]
         upsample_names = {
@@ -366,7 +372,7 @@ class FCN(nn.Module):
             feat = pools[pool]
             if self.at_once:
                 feat = feat * jnp.asarray(AT_ONCE_SCALES[pool], self.dtype)
-            skip = conv(f"score_{pool}", self.num_classes, 1, 0, nn.initializers.zeros)(feat)
+            skip = conv(f"score_{pool}", self.num_classes, 1, 0, score_init)(feat)
             if caffe:  # The reference nets crop the skip to the upsampled map.
                 skip = _crop(skip, skip_offset, up.shape[1], up.shape[2])
             else:  # Centre-aligned: drop half a coarse cell of the upsampled map.
@@ -380,7 +386,8 @@ class FCN(nn.Module):
         return logits.astype(jnp.float32)
 
     def _upsample(self, name, x):
-        return Upsample(self.num_classes, UPSAMPLE_FACTORS[name], self.dtype, name=name)(x)
+        init = _xavier if self.head_init == "xavier_uniform" else None
+        return Upsample(self.num_classes, UPSAMPLE_FACTORS[name], self.dtype, init, name=name)(x)
 
 
 def main_logits(outputs):

@@ -10,6 +10,8 @@ float work on the host.
     (torchvision's VGG-16).
   * ``mindspore``: BGR, 0-255, minus the ImageNet mean, over its std, both in
     0-255 units (the MindSpore FCN-8s tutorial and model zoo).
+  * ``mindspore_rgb``: the same constants applied to RGB: how the MindSpore zoo's eval.py
+    (which reads images with PIL) measured its figure, channels reversed from training.
 """
 
 import jax.numpy as jnp
@@ -21,7 +23,7 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 # The MindSpore tutorial's constants, as it writes them: BGR order, 0-255 units.
 MINDSPORE_MEAN_BGR = (103.53, 116.28, 123.675)
 MINDSPORE_STD_BGR = (57.375, 57.12, 58.395)
-NORMALIZATIONS = ("caffe", "torch", "mindspore")
+NORMALIZATIONS = ("caffe", "torch", "mindspore", "mindspore_rgb")
 
 
 # mode -> (the channel order the backbone takes, scale, mean, std): the backbone sees
@@ -30,6 +32,7 @@ _STEPS = {
     "caffe": ("BGR", 1.0, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)),
     "torch": ("RGB", 255.0, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB),
     "mindspore": ("BGR", 1.0, MINDSPORE_MEAN_BGR, MINDSPORE_STD_BGR),
+    "mindspore_rgb": ("RGB", 1.0, MINDSPORE_MEAN_BGR, MINDSPORE_STD_BGR),
 }
 
 

@@ -1,11 +1,17 @@
 """Optimizers and learning-rate schedules from the config (optax).
 
-Caffe conventions are options: weight decay on weights only (never on biases),
-and biases learning twice as fast (``bias_lr_mult=2``). The upsampling layers can
-be frozen at their bilinear initialisation, as in the paper.
+Weight decay reaches the kernels only (Caffe's decay_mult 0 on biases; MindSpore's
+Momentum skips BatchNorm's gamma and beta), or with ``decay_all_parameters`` every
+parameter (torch's SGD and mmsegmentation's). Biases can learn twice as fast
+(``bias_lr_mult=2``, Caffe's lr_mult), and the upsampling layers can be frozen at
+their bilinear initialisation, as in the paper. A schedule can step every
+``schedule_interval`` steps (MindSpore's zoo: once an epoch) and end at
+``min_learning_rate`` (mmsegmentation's poly min_lr).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,20 +25,27 @@ SCHEDULES = ("constant", "poly", "cosine")
 
 
 def make_schedule(opt, num_train_steps: int) -> optax.Schedule:
-    """constant | poly (1 - t/T)^power | cosine, after an optional linear warmup."""
-    lr, warmup = opt.learning_rate, opt.warmup_steps
+    """constant | poly | cosine from learning_rate down to min_learning_rate, after an
+    optional linear warmup; held for schedule_interval steps at a time.
+
+    poly: min + (lr - min) * (1 - t/T)^power; cosine: min + (lr - min) * (1 + cos(pi t/T)) / 2.
+    """
+    lr, low, warmup = opt.learning_rate, opt.min_learning_rate, opt.warmup_steps
     decay_steps = max(num_train_steps - warmup, 1)
     if opt.schedule == "constant":
         main = optax.constant_schedule(lr)
     elif opt.schedule == "poly":
-        main = optax.polynomial_schedule(lr, 0.0, opt.poly_power, decay_steps)
+        main = optax.polynomial_schedule(lr, low, opt.poly_power, decay_steps)
     elif opt.schedule == "cosine":
-        main = optax.cosine_decay_schedule(lr, decay_steps)
+        main = optax.cosine_decay_schedule(lr, decay_steps, alpha=low / lr if lr else 0.0)
     else:
         raise ValueError(f"optimizer.schedule={opt.schedule!r} is not one of {SCHEDULES}")
-    if warmup <= 0:
+    if warmup > 0:
+        main = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    interval = opt.schedule_interval
+    if interval <= 1:
         return main
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return lambda count: main(count // interval * interval)
 
 
 def _mask(params, predicate):
@@ -47,28 +60,30 @@ def is_upsampling(path: str) -> bool:
     return path.split("/")[0] in models.UPSAMPLE_FACTORS
 
 
+def decayed(opt) -> Callable[[str], bool]:
+    """Which parameters (by path) ``opt.weight_decay`` reaches."""
+    return (lambda path: True) if opt.decay_all_parameters else is_weight
+
+
 def make_optimizer(opt, num_train_steps: int, freeze_upsampling: bool):
     """The optax transformation described by ``config.optimizer``."""
     schedule = make_schedule(opt, num_train_steps)
+    decay_mask = lambda p: _mask(p, decayed(opt))  # noqa: E731
     parts = []
     if opt.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
     if opt.name == "sgd":
         if opt.weight_decay:
-            parts.append(optax.add_decayed_weights(opt.weight_decay, lambda p: _mask(p, is_weight)))
+            parts.append(optax.add_decayed_weights(opt.weight_decay, decay_mask))
         parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
     elif opt.name == "adam":
         if opt.weight_decay:
-            parts.append(optax.add_decayed_weights(opt.weight_decay, lambda p: _mask(p, is_weight)))
+            parts.append(optax.add_decayed_weights(opt.weight_decay, decay_mask))
         parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2))
     elif opt.name == "adamw":
         parts.append(
             optax.adamw(
-                schedule,
-                b1=opt.b1,
-                b2=opt.b2,
-                weight_decay=opt.weight_decay,
-                mask=lambda p: _mask(p, is_weight),
+                schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask
             )
         )
     else:

@@ -28,7 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcn_jax.models import BN_EPSILON, BN_MOMENTUM, batch_norm_name
+from fcn_jax.batch_norm import BatchNorm
+from fcn_jax.models import batch_norm_name
 
 # Bottleneck blocks of layer1 ... layer4.
 BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
@@ -127,16 +128,10 @@ class ResNetFCN(nn.Module):
             )(x)
 
         def conv_bn(x, name, *args, relu=True, **kwargs):
-            x = nn.BatchNorm(
-                use_running_average=not train or self.freeze_batch_norm,
-                momentum=BN_MOMENTUM,
-                epsilon=BN_EPSILON,
-                dtype=self.dtype,
-                # Two passes, as torch: E[x^2] - E[x]^2 cancels on ResNet's large-mean
-                # activations, enough to change gradients by 1% between 1 and 8 devices.
-                use_fast_variance=False,
-                name=batch_norm_name(name),
-            )(conv(x, name, *args, **kwargs))
+            frozen = not train or self.freeze_batch_norm
+            x = BatchNorm(frozen, self.dtype, name=batch_norm_name(name))(
+                conv(x, name, *args, **kwargs)
+            )
             return nn.relu(x) if relu else x
 
         def bottleneck(x, name, planes, stride, dilation, first):
@@ -156,7 +151,8 @@ class ResNetFCN(nn.Module):
             x = conv(x, f"{name}_score", self.num_classes, 1, head_score=True)
             # Bilinear, half-pixel centres: F.interpolate(align_corners=False) when upsampling.
             shape = (n, height, width, self.num_classes)
-            return jax.image.resize(x.astype(jnp.float32), shape, "bilinear", antialias=False)
+            x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32, float64 kept.
+            return jax.image.resize(x, shape, "bilinear", antialias=False)
 
         x = conv_bn(images.astype(self.dtype), "conv1", self.base_width, 7, 2)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

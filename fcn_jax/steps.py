@@ -17,12 +17,21 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax.training.dynamic_scale import DynamicScale
 
 from fcn_jax import inference, losses, metrics, models, optim, resnet, sharding
 from fcn_jax.normalization import normalize
 from fcn_jax.visualize import VOID  # Not via input_pipeline: the steps need no TensorFlow.
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# loss_scale.kind: none; static, the loss times a constant (MindSpore's FixedLossScaleManager
+# with drop_overflow_update=False: every step is applied); dynamic, flax's DynamicScale: it
+# halves and the step is skipped when a gradient overflows, it doubles at a finite step that
+# follows growth_interval finite ones (as torch's GradScaler and MindSpore's
+# DynamicLossScaleManager do), and it lives in the train state.
+LOSS_SCALES = ("none", "static", "dynamic")
+# Step metrics that the training log sums over its interval instead of averaging.
+COUNTED_METRICS = ("overflow_steps",)
 
 
 @flax.struct.dataclass
@@ -31,6 +40,20 @@ class TrainState:
     params: Any
     batch_stats: Any  # BatchNorm running statistics; {} for a model without BatchNorm.
     opt_state: Any
+    # flax's DynamicScale (scale, finite steps in a row) with loss_scale.kind=dynamic, else None.
+    loss_scale: Any = None
+
+
+def initial_loss_scale(config) -> DynamicScale | None:
+    """The dynamic loss scale a run starts with, or None when the scale is not dynamic."""
+    options = config.loss_scale
+    if options.kind != "dynamic":
+        return None
+    return DynamicScale(
+        growth_interval=options.growth_interval,
+        scale=jnp.asarray(options.value, jnp.float32),
+        fin_steps=jnp.zeros((), jnp.int32),
+    )
 
 
 def variables(state: TrainState) -> dict:
@@ -64,10 +87,11 @@ def build_model(config) -> models.FCN | resnet.ResNetFCN:
         backbone=m.backbone,
         fc_batch_norm=m.fc_batch_norm,
         freeze_batch_norm=m.freeze_batch_norm,
+        head_init=m.head_init,
     )
 
 
-def make_init_fn(model: models.FCN, tx):
+def make_init_fn(model: models.FCN, tx, loss_scale: DynamicScale | None = None):
     """rng -> TrainState at step 0. Variables do not depend on the input size."""
 
     def init(rng):
@@ -79,6 +103,7 @@ def make_init_fn(model: models.FCN, tx):
             params=params,
             batch_stats=initial.get("batch_stats", {}),
             opt_state=tx.init(params),
+            loss_scale=loss_scale,
         )
 
     return init
@@ -87,6 +112,7 @@ def make_init_fn(model: models.FCN, tx):
 def make_train_step(model: models.FCN, tx, config):
     normalization, reduction = config.dataset.normalization, config.loss_reduction
     aux_weight = config.model.aux_loss_weight
+    scale = config.loss_scale.value if config.loss_scale.kind == "static" else 1.0
 
     def train_step(state: TrainState, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
@@ -111,11 +137,27 @@ def make_train_step(model: models.FCN, tx, config):
             # Frozen BatchNorm (or none) updates nothing: the statistics stay as they are.
             return loss, (logits, num_valid, updates.get("batch_stats", state.batch_stats))
 
-        (loss, (logits, num_valid, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
+        def scaled_loss_fn(params):
+            loss, aux = loss_fn(params)
+            return loss * scale, aux
+
+        scaler, finite = state.loss_scale, None
+        if scaler is None:  # Unscaled (a scale of 1 is exact), or a static scale.
+            (loss, aux), grads = jax.value_and_grad(scaled_loss_fn, has_aux=True)(state.params)
+            loss, grads = loss / scale, jax.tree.map(lambda g: g / scale, grads)
+        else:  # Scaled, unscaled in float32; finite: whether every gradient is.
+            scaler, finite, (loss, aux), grads = scaler.value_and_grad(loss_fn, has_aux=True)(
+                state.params
+            )
+        logits, num_valid, batch_stats = aux
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if finite is not None:  # An overflowing step changes no parameter and no moment.
+            params, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old),
+                (params, opt_state),
+                (state.params, state.opt_state),
+            )
         correct = (jnp.argmax(logits, -1) == labels) & (labels != VOID)
         step_metrics = {
             "loss": loss,
@@ -124,31 +166,44 @@ def make_train_step(model: models.FCN, tx, config):
             # Of the updated parameters: the ones a checkpoint of this step would hold.
             "param_norm": optax.global_norm(params),
         }
-        return TrainState(state.step + 1, params, batch_stats, opt_state), step_metrics
+        if finite is not None:
+            step_metrics["overflow_steps"] = 1.0 - finite.astype(jnp.float32)
+            step_metrics["loss_scale"] = scaler.scale
+        state = TrainState(state.step + 1, params, batch_stats, opt_state, scaler)
+        return state, step_metrics
 
     return train_step
 
 
-def make_scores_fn(model: models.FCN, config):
-    """(variables, uint8 images) -> class scores, with the config's test-time augmentation."""
-    normalization, options = config.dataset.normalization, config.inference
+def make_scores_fn(model: models.FCN, config, normalization: str = ""):
+    """(variables, uint8 images) -> class scores, with the config's test-time inference;
+    images normalised by ``normalization``, by default dataset.normalization."""
+    normalization = normalization or config.dataset.normalization
+    options = config.inference
     window, stride = inference.sliding_windows(config)
 
     def scores(variables, images):
-        return inference.predict_scores(
-            lambda x: models.main_logits(model.apply(variables, x, train=False)),
-            normalize(images, normalization, model.dtype),
-            scales=tuple(options.scales),
-            flip=options.flip,
-            window=window,
-            stride=stride,
-        )
+        def run(x):
+            return inference.predict_scores(
+                lambda v: models.main_logits(model.apply(variables, v, train=False)),
+                x,
+                scales=tuple(options.scales),
+                flip=options.flip,
+                window=window,
+                stride=stride,
+            )
+
+        x = normalize(images, normalization, model.dtype)
+        if not options.resize_to:
+            return run(x)
+        return inference.run_resized(run, x, tuple(options.resize_to), options.pad_resized)
 
     return scores
 
 
 def make_eval_step(model: models.FCN, config):
-    scores, num_classes = make_scores_fn(model, config), config.model.num_classes
+    normalization = config.dataset.eval_normalization
+    scores, num_classes = make_scores_fn(model, config, normalization), config.model.num_classes
 
     def eval_step(variables, batch):
         preds = jnp.argmax(scores(variables, batch["image"]), -1)
@@ -175,6 +230,7 @@ class Programs:
     abstract_state: Any  # ShapeDtypeStructs with shardings: a restore target.
     init: Any
     init_optimizer: Any  # (params, step) -> a new optimizer state, its schedule at step.
+    init_loss_scale: Any  # () -> the loss scale a run starts with (None unless dynamic).
     train_step: Any
     eval_step: Any  # (variables, batch) -> confusion matrix.
     predict_step: Any  # (variables, uint8 images) -> uint8 class indices, on every process.
@@ -193,7 +249,8 @@ def compile_steps(config, mesh) -> Programs:
     tx, _ = optim.make_optimizer(
         config.optimizer, config.num_train_steps, config.model.freeze_upsampling
     )
-    init = make_init_fn(model, tx)
+    loss_scale = initial_loss_scale(config)
+    init = make_init_fn(model, tx, loss_scale)
     shapes = jax.eval_shape(init, jax.random.key(0))
     rules = sharding.get_rules(config.mesh.param_sharding)
     state_sh = sharding.tree_shardings(shapes, mesh, rules)
@@ -211,6 +268,7 @@ def compile_steps(config, mesh) -> Programs:
             lambda params, step: optim.init_at(tx, params, step),
             out_shardings=state_sh.opt_state,
         ),
+        init_loss_scale=jax.jit(lambda: loss_scale, out_shardings=state_sh.loss_scale),
         train_step=jax.jit(
             make_train_step(model, tx, config),
             in_shardings=(state_sh, batch_sh, repl),

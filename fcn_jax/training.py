@@ -55,7 +55,9 @@ class _Progress:
 def _check_finite(step: int, step_metrics, manager) -> None:
     """Raises if the step's loss, or the parameters it produced, are not finite."""
     values = jax.device_get({k: step_metrics[k] for k in ("loss", "param_norm")})
-    if all(np.isfinite(v) for v in values.values()):
+    # A step that a dynamic loss scale skipped changed nothing: its loss says nothing.
+    skipped = bool(jax.device_get(step_metrics.get("overflow_steps", 0.0)))
+    if np.isfinite(values["param_norm"]) and (skipped or np.isfinite(values["loss"])):
         return
     manager.wait_until_finished()
     last = manager.latest_step()
@@ -167,7 +169,7 @@ def _train(config, workdir, manager, mesh, writer, listener) -> dict:
         # orbax's save decision includes the preemption's (PreemptionCheckpointingPolicy).
         due = manager.should_save(step) or evaluating or is_last
         if step % config.log_every_steps == 0 or is_last or stopping:
-            summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(history)).items()}
+            summary = _summarize(jax.device_get(_stack(history)))
             summary.update(progress(step))
             writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             history = []
@@ -241,11 +243,15 @@ def _resume(manager, step: int, config, compiled) -> steps.TrainState:
     programs = compiled()
     abstract = programs.abstract_state
     if checkpointing.optimizer_carries_over(manager, step, config, abstract.params):
-        return checkpointing.restore_state(manager, step, abstract)
+        state = checkpointing.restore_state(manager, step, abstract)
+        if state.loss_scale is None:  # Written without a dynamic scale: start one.
+            state = state.replace(loss_scale=programs.init_loss_scale())
+        return state
     step_array, variables = checkpointing.restore_without_optimizer(manager, step, abstract)
     return steps.TrainState(
         step=step_array,
         opt_state=programs.init_optimizer(variables["params"], step_array),
+        loss_scale=programs.init_loss_scale(),
         **variables,
     )
 
@@ -260,6 +266,14 @@ def _write_eval_summaries(writer, step: int, result, config) -> None:
     writer.write_scalars(step, scalars)
     if result.examples is not None:
         writer.write_images(step, {"eval/input_truth_prediction": result.examples})
+
+
+def _summarize(history: dict) -> dict[str, float]:
+    """Means over the logging interval; counts (overflowing steps) are summed."""
+    return {
+        k: float(np.sum(v) if k in steps.COUNTED_METRICS else np.mean(v))
+        for k, v in history.items()
+    }
 
 
 def _stack(history):

@@ -23,7 +23,7 @@ from fcn_jax import (
 )
 from tests.conftest import save_ranked
 from tests.test_models import PARAM_COUNTS, abstract_init
-from tests.test_training import mesh_of, run_steps, train_steps
+from tests.test_training import mesh_of, train_steps
 
 # torchvision's documented parameter counts of vgg16 and vgg16_bn (ImageNet classifiers).
 TORCHVISION_VGG16, TORCHVISION_VGG16_BN = 138_357_544, 138_365_992
@@ -60,30 +60,101 @@ def test_parameter_counts_match_torchvision_and_mindspore():
     assert "bias" not in params["score_fr"] and "bias" in torchvision["params"]["score_fr"]
 
 
-def state_after_two_steps(config, num_devices):
-    return jax.device_get(run_steps(config, mesh_of((num_devices, 1), num_devices))[0])
+def train_from(config, num_devices, num_steps, start=None):
+    """(initial state, state after num_steps) on num_devices, on the host; from ``start``
+    (a host state) or the config's initial state."""
+    mesh = mesh_of((num_devices, 1), num_devices)
+    programs = steps.compile_steps(config, mesh)
+    if start is None:
+        start = jax.device_get(programs.init(jax.random.key(0)))
+    state = sharding.put(start, programs.state_shardings)
+    batches = input_pipeline.train_iterator(config)
+    for _ in range(num_steps):
+        batch = sharding.global_batch(next(batches), mesh)
+        state, _ = programs.train_step(state, batch, jax.random.key(1))
+    return start, jax.device_get(state)
 
 
-def test_batch_statistics_are_over_the_global_batch_on_1_or_8_devices(tiny_config):
-    # SGD: Adam divides by the gradient's own size, so the rounding noise of gradients that
-    # are zero in exact arithmetic (a bias before a BatchNorm) would become whole steps.
-    config = bn_config(  # BatchNorm after every convolution, fc6 and fc7 included.
-        tiny_config,
-        optimizer__name="sgd",
-        optimizer__learning_rate=0.05,
-    )
-    one, eight = state_after_two_steps(config, 1), state_after_two_steps(config, 8)
-    start = jax.device_get(
-        steps.compile_steps(config, sharding.make_mesh((1, 1), jax.devices()[:1])).init(
-            jax.random.key(0)
-        )
-    )
+def assert_trained_alike(one, eight, start, held_to_moves=lambda path: False):
+    """1 and 8 devices: every parameter and statistic within 1e-4 of its tensor's largest
+    value + 1e-6 (those ``held_to_moves`` picks by path: within 1/10 of their largest move),
+    and every statistic moved (BatchNorm trained: not unchanged tensors compared)."""
     moved = jax.tree.map(
         lambda a, b: float(np.abs(a - b).max()), one.batch_stats, start.batch_stats
     )
-    assert min(jax.tree.leaves(moved)) > 0  # Every statistic was updated.
-    for a, b in ((one.params, eight.params), (one.batch_stats, eight.batch_stats)):
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+    assert min(jax.tree.leaves(moved)) > 0
+    ratios = []
+    for (path, a), b, s in zip(
+        jax.tree_util.tree_leaves_with_path(steps.variables(eight)),
+        jax.tree.leaves(steps.variables(one)),
+        jax.tree.leaves(steps.variables(start)),
+    ):
+        name = sharding.path_str(path)
+        bound = 0.1 * np.abs(b - s).max() if held_to_moves(name) else 1e-4 * np.abs(b).max() + 1e-6
+        ratios.append((float(np.abs(a - b).max() / bound), name))
+    assert max(ratios)[0] <= 1, sorted(ratios, reverse=True)[:5]
+
+
+def test_batch_statistics_hold_on_activations_far_from_zero_on_1_or_8_devices():
+    """The batch variance of conv1_1's outputs, whose mean is 30x their spread or more here
+    (VGG's deep layers come close): in float32 E[x^2] - E[x]^2 loses 3 of its digits, and
+    other ones on 8 devices; two passes keep it to 1e-6 on any number of devices. The running
+    variance moves towards the unbiased batch variance."""
+    model = models.FCN(
+        variant="fcn32s",
+        num_classes=3,
+        geometry="same",
+        backbone="vgg16_bn",
+        base_width=4,
+        fc_width=8,
+        dropout_rate=0.0,
+    )
+    rng = np.random.default_rng(0)
+    x = 300 + 3 * rng.standard_normal((8, 32, 32, 3)).astype(np.float32)
+    variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
+    kernel = np.zeros((3, 3, 3, 4), np.float32)  # The centre tap: no padding in the outputs.
+    kernel[1, 1] = rng.uniform(0.5, 1.0, (3, 4)) * rng.choice([-1, 1], (3, 4))
+    variables["params"]["conv1_1"]["kernel"] = kernel
+    forward = jax.jit(
+        lambda v, x: model.apply(
+            v, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
+        )
+    )
+    results = []
+    for n in (1, 8):
+        mesh = mesh_of((n, 1), n)
+        images = jax.device_put(x, sharding.batch_sharding(mesh))
+        logits, updates = jax.device_get(forward(variables, images))
+        results.append((logits, updates["batch_stats"]))
+        conv = updates["intermediates"]["conv1_1"]["__call__"][0].astype(np.float64)
+        assert np.abs(conv.mean((0, 1, 2))).min() > 30 * conv.std((0, 1, 2)).max()
+        want = 0.9 + 0.1 * conv.var((0, 1, 2), ddof=1)  # From the initial variance 1.
+        np.testing.assert_allclose(updates["batch_stats"]["conv1_1_bn"]["var"], want, rtol=1e-6)
+    (one, one_stats), (eight, eight_stats) = results
+    np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-5 * np.abs(one).max())
+    for a, b in zip(jax.tree.leaves(eight_stats), jax.tree.leaves(one_stats)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("fc_batch_norm", [False, True], ids=["torchvision", "mindspore"])
+def test_1_or_8_devices_train_alike_with_adam(tiny_config, fc_batch_norm):
+    """Batch statistics over the global batch, computed stably enough (two passes) that Adam
+    trains alike on 1 device and 8 for 6 steps: torchvision's vgg16_bn and the tutorial's net.
+
+    Adam as the demo runs it, warming up over 100 steps: Adam steps every parameter by about
+    the learning rate whatever the size of its gradient, so parameters whose gradient is near
+    float32 rounding, which differs with the number of devices, step apart at the full rate
+    (torchvision's biases before each BatchNorm: zero in exact arithmetic; offsets of conv5's
+    BatchNorms, over 2x2 maps here)."""
+    config = bn_config(
+        tiny_config,
+        model__fc_batch_norm=fc_batch_norm,
+        optimizer__name="adam",
+        optimizer__warmup_steps=100,
+    )
+    start, one = train_from(config, 1, 6)
+    _, eight = train_from(config, 8, 6, start)
+    assert_trained_alike(one, eight, start)
 
 
 def test_frozen_batch_norm_keeps_its_statistics_and_normalises_by_them(tiny_config):
@@ -108,9 +179,8 @@ def test_frozen_batch_norm_keeps_its_statistics_and_normalises_by_them(tiny_conf
     model = steps.build_model(config)  # In training, frozen BatchNorm is eval's BatchNorm.
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     variables = steps.variables(jax.device_get(state))
-    np.testing.assert_array_equal(
-        model.apply(variables, x, train=True), model.apply(variables, x, train=False)
-    )
+    both = jax.jit(lambda v, x: (model.apply(v, x, train=True), model.apply(v, x, train=False)))
+    np.testing.assert_array_equal(*both(variables, x))
 
 
 def saved_state(workdir, step):

@@ -27,7 +27,10 @@ def test_config_builds_its_model(name):
         assert count == PARAM_COUNTS[name]
     if name != "default":
         assert "python train.py --config=configs/" in module.__doc__
-        assert "Expected" in module.__doc__
+    for sentence in module.__doc__.split("Expected")[1:]:  # A figure only with its source.
+        assert "README" in sentence.split(".\n")[0], sentence[:200]
+    if name in ("fcn8s", "fcn_resnet50"):  # Recipes against their reference, field by field.
+        assert module.__doc__.count("same?") == (2 if name == "fcn8s" else 1)
 
 
 def test_demo_config_is_valid_as_shipped():
@@ -41,7 +44,8 @@ def test_demo_config_is_valid_as_shipped():
     [
         ("variant", "fcn4s", "model.variant='fcn4s' is not one of"),
         ("geometry", "full", "model.geometry='full' is not one of"),
-        ("dtype", "float16", "model.dtype='float16' is not one of"),
+        ("dtype", "float64", "model.dtype='float64' is not one of"),
+        ("head_init", "zeros", "model.head_init='zeros' is not one of"),
         ("num_classes", 0, "model.num_classes=0 must be a positive integer"),
         ("backbone", "resnet18", "model.backbone='resnet18' is not one of"),
         ("aux_loss_weight", 0.4, "model.aux_loss_weight=0.4 must be >= 0, and 0 unless"),
@@ -136,8 +140,27 @@ def test_mindspore_recipe_is_the_tutorials_network_and_the_model_zoos_recipe():
         0.015,
         "cosine",
     )
-    assert (opt.weight_decay, config.batch_size, config.num_train_steps) == (1e-4, 32, 165_500)
+    # 10,582 // 32 = 330 steps an epoch (drop_remainder), 500 epochs; the rate changes
+    # once an epoch (CosineAnnealingLR); decay on the kernels, not on gamma and beta.
+    assert (opt.weight_decay, config.batch_size, config.num_train_steps) == (1e-4, 32, 165_000)
+    assert (opt.schedule_interval, opt.min_learning_rate, opt.decay_all_parameters) == (
+        330,
+        0.0,
+        False,
+    )
     assert config.model.dropout_rate == 0 and not config.model.freeze_upsampling
+    assert (config.model.head_init, config.model.dtype, config.dataset.image_resize) == (
+        "xavier_uniform",
+        "float16",
+        "bicubic",
+    )
+    assert (config.loss_scale.kind, config.loss_scale.value) == ("static", 1024.0)
+    # The zoo's eval.py: PIL RGB normalised by its BGR constants, long side 512, padded.
+    assert (config.dataset.eval_normalization, config.dataset.eval_native_size) == (
+        "mindspore_rgb",
+        True,
+    )
+    assert (config.inference.resize_to, config.inference.pad_resized) == ((512, 512), True)
     with pytest.raises(ValueError, match="mindspore is an FCN-8s recipe, not one for fcn16s"):
         fcn16s.get_config("mindspore")
     with pytest.raises(ValueError, match="mindspore and caffe are two different recipes"):
@@ -161,6 +184,15 @@ def test_resnet_recipes_are_mmsegmentations_on_torchvisions_networks(backbone):
         "torch",
     )
     assert (data.crop_size, data.scale_range, data.flip) == ((512, 512), (0.5, 2.0), True)
+    # Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)), RandomCrop(cat_max_ratio=0.75),
+    # PhotoMetricDistortion; test Resize to fit (2048, 512).
+    assert (data.scale_base, data.cat_max_ratio, data.photometric_distortion) == (
+        (2048, 512),
+        0.75,
+        True,
+    )
+    assert (config.inference.resize_to, data.eval_native_size) == ((2048, 512), True)
+    assert (config.loss_reduction, config.model.dtype) == ("mean_all_pixels", "float32")
     opt = config.optimizer
     assert (opt.name, opt.momentum, opt.learning_rate, opt.schedule, opt.poly_power) == (
         "sgd",
@@ -170,6 +202,7 @@ def test_resnet_recipes_are_mmsegmentations_on_torchvisions_networks(backbone):
         0.9,
     )
     assert (opt.weight_decay, config.batch_size, config.num_train_steps) == (5e-4, 16, 20_000)
+    assert (opt.decay_all_parameters, opt.min_learning_rate) == (True, 1e-4)
     config.model.aux_loss_weight = -0.1
     with pytest.raises(ValueError, match=r"model.aux_loss_weight=-0.1 must be >= 0"):
         validate_config(config)
@@ -201,3 +234,29 @@ def test_each_recipe_starts_from_its_own_backbone(name, options, weights, normal
     init_from.check_before_download(config, whole_model=False)
     init_from.resolve_normalization(config, None, None)
     assert config.dataset.normalization == normalization
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("loss_scale.kind", "auto", "loss_scale.kind='auto' is not one of"),
+        ("loss_scale.value", 0.0, "loss_scale.value=0.0 must be > 0"),
+        ("loss_scale.growth_interval", 0, "loss_scale.growth_interval=0 must be a positive"),
+        ("loss_reduction", "mean_valid", "loss_reduction='mean_valid' is not one of"),
+        ("dataset.cat_max_ratio", 1.5, "dataset.cat_max_ratio=1.5 not in (0, 1]"),
+        ("dataset.scale_base", (512,), "dataset.scale_base=(512,) must be () or (long, short)"),
+        ("dataset.image_resize", "area", "dataset.image_resize='area' is not one of"),
+        ("dataset.eval_normalization", "bgr", "dataset.eval_normalization='bgr' is not one of"),
+        ("inference.resize_to", (2048, 512), "set dataset.eval_native_size=True too"),
+        ("optimizer.min_learning_rate", 0.1, "optimizer.min_learning_rate=0.1 must lie in"),
+        ("optimizer.schedule_interval", 0, "optimizer.schedule_interval=0 must be a positive"),
+    ],
+)
+def test_validation_names_the_bad_recipe_field(field, value, message):
+    from configs import demo
+
+    config = demo.get_config()
+    section, leaf = field.rsplit(".", 1) if "." in field else (None, field)
+    (config[section] if section else config)[leaf] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_config(config)

@@ -122,3 +122,59 @@ def test_overlapping_windows_average_their_logits():
 def test_window_stride_from_overlap():
     assert inference.window_stride((512, 384), 1 / 3) == (341, 256)
     assert inference.window_stride((512, 512), 0.0) == (512, 512)
+
+
+@pytest.mark.parametrize(
+    "size, box, want",
+    [
+        ((375, 500), (2048, 512), (512, 683)),  # mmsegmentation: the short side to 512.
+        ((500, 375), (2048, 512), (683, 512)),
+        ((1000, 200), (2048, 512), (2048, 410)),  # The long side bounds it.
+        ((333, 500), (512, 512), (341, 512)),  # The MindSpore zoo: the long side to 512.
+    ],
+)
+def test_fit_size_is_mmcvs_rescale_size(size, box, want):
+    assert inference.fit_size(*size, box) == want
+
+
+def test_the_mindspore_zoos_evaluation_protocol(tiny_config):
+    """eval.py of the zoo, restated: RGB pixels normalised by the BGR constants, the long side
+    rescaled to the box, padded with zeros to it, logits of the unpadded part resized back."""
+    from fcn_jax import metrics, normalization, steps
+
+    config = tiny_config(
+        model__backbone="vgg16_bn",
+        model__fc_batch_norm=True,
+        dataset__normalization="mindspore",
+        dataset__eval_normalization="mindspore_rgb",
+        dataset__eval_native_size=True,
+        inference__resize_to=(64, 64),
+        inference__pad_resized=True,
+    )
+    model = steps.build_model(config)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), train=False))(
+        jax.random.key(0)
+    )
+    rng = np.random.default_rng(0)
+    variables["params"] = jax.tree.map(  # Trained-looking scores: predictions vary.
+        lambda p: p + 0.3 * rng.standard_normal(p.shape).astype(np.float32), variables["params"]
+    )
+    batch = {
+        "image": rng.integers(0, 256, (1, 40, 56, 3), np.uint8),
+        "label": rng.integers(0, 4, (1, 40, 56)).astype(np.uint8),
+    }
+    got = jax.jit(steps.make_eval_step(model, config))(variables, batch)
+
+    @jax.jit
+    def zoo(variables, images):
+        mean, std = normalization.MINDSPORE_MEAN_BGR, normalization.MINDSPORE_STD_BGR
+        x = (images.astype(jnp.float32) - jnp.float32(mean)) / jnp.float32(std)  # No flip.
+        x = jax.image.resize(x, (1, 46, 64, 3), "bilinear", antialias=False)  # 56 -> 64.
+        x = jnp.pad(x, ((0, 0), (0, 64 - 46), (0, 0), (0, 0)))
+        logits = model.apply(variables, x, train=False)[:, :46]
+        return jax.image.resize(logits, (1, 40, 56, 4), "bilinear", antialias=False)
+
+    logits = zoo(variables, batch["image"])
+    want = metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), 4)
+    np.testing.assert_array_equal(got, want)
+    assert np.count_nonzero(np.asarray(want).sum(0)) >= 2  # Several classes predicted.

@@ -130,3 +130,16 @@ def test_sharded_mean_is_global_batch_mean():
         float(cross_entropy(logits[i], labels[i])[0]) for i in range(8) if (labels[i] != VOID).any()
     ]
     assert float(loss) != pytest.approx(np.mean(per_device), rel=1e-3)
+
+
+def test_mean_over_all_pixels_is_mmsegmentations_average():
+    """avg_non_ignore=False: the summed loss over every pixel, void ones included; with a
+    third of the pixels void the gradients are 2/3 of the "mean" reduction's."""
+    logits, labels = _batch(10, shape=(2, 6, 5), void_frac=0.3)
+    want_sum, want_n = _numpy_loss_sum(logits, labels)
+    loss, n = cross_entropy(logits, labels, reduction="mean_all_pixels")
+    assert float(n) == want_n < labels.size
+    np.testing.assert_allclose(float(loss), want_sum / labels.size, rtol=1e-5)
+    grad_all = jax.grad(lambda x: cross_entropy(x, labels, reduction="mean_all_pixels")[0])(logits)
+    grad_valid = jax.grad(lambda x: cross_entropy(x, labels)[0])(logits)
+    np.testing.assert_allclose(grad_all, grad_valid * want_n / labels.size, rtol=1e-5, atol=1e-8)

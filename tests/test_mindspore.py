@@ -1,8 +1,9 @@
-"""The MindSpore FCN-8s tutorial's checkpoints, read without MindSpore.
+"""The MindSpore FCN-8s tutorial's checkpoints, read without MindSpore, and its training.
 
 tests/data/mindspore_fcn8s_tiny.* were written by MindSpore 2.10 itself
 (tests/data/make_mindspore_fixture.py): the tutorial's network at narrow widths, its
-checkpoint, and MindSpore's own logits for two inputs.
+checkpoint, MindSpore's own logits for two inputs, and a train-mode forward pass and
+three training steps of the model zoo's kind.
 """
 
 import pathlib
@@ -13,12 +14,14 @@ import numpy as np
 import pytest
 from mindspore_fixtures import encode
 
-from fcn_jax import convert, evaluation, init_from, models, sharding, steps
+from fcn_jax import convert, evaluation, init_from, models, optim, sharding, steps
+from fcn_jax.normalization import normalize
 from fcn_jax.weights import mindspore_file
 from tests.conftest import convert_cli
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 CKPT = DATA / "mindspore_fcn8s_tiny.ckpt"
+TRAIN = DATA / "mindspore_fcn8s_tiny_train.npz"
 
 
 def test_logits_equal_mindspores_own():
@@ -30,6 +33,64 @@ def test_logits_equal_mindspores_own():
         out = np.asarray(model.apply(variables, x, train=False))
         atol = 1e-4 * np.abs(expected).max()
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=atol, err_msg=name)
+
+
+def relative_errors(actual, expected) -> dict[str, float]:
+    """{path: max |actual - expected| / max |expected|} over two trees of arrays."""
+    return {
+        sharding.path_str(path): float(np.abs(np.asarray(a) - e).max() / np.abs(e).max())
+        for (path, a), e in zip(
+            jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True
+        )
+    }
+
+
+def mindspore_variables(arrays, prefix: str) -> dict:
+    """The fixture's checkpoint with the tensors ``prefix``* of ``arrays`` put in, converted."""
+    tensors = mindspore_file.read(CKPT)
+    for key, value in arrays.items():
+        if key.startswith(prefix):
+            tensors[key.removeprefix(prefix)] = value
+    return convert.from_mindspore_checkpoint(tensors, num_classes=3)[1]
+
+
+def test_train_mode_and_three_sgd_steps_match_mindspores_own(tiny_config):
+    """BatchNorm in training, as MindSpore computes it: logits by the batch statistics,
+    moving statistics updated with the unbiased variance, then 3 steps of nn.Momentum."""
+    model, start = convert.from_mindspore_checkpoint(CKPT, num_classes=3)
+    arrays = dict(np.load(TRAIN))
+    lr, momentum, weight_decay, num_steps = arrays["lr_momentum_weight_decay_steps"]
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    logits, updates = forward(start, normalize(arrays["images"], "mindspore"))
+    expected = mindspore_variables(arrays, "forward/")
+    errors = {
+        "logits": relative_errors(logits, arrays["logits"].transpose(0, 2, 3, 1))[""],
+        **relative_errors(updates["batch_stats"], expected["batch_stats"]),
+    }
+    assert max(errors.values()) < 1e-4, errors
+
+    config = tiny_mindspore_config(
+        tiny_config,
+        dataset__normalization="mindspore",
+        optimizer__name="sgd",
+        optimizer__schedule="constant",
+        optimizer__learning_rate=float(lr),
+        optimizer__momentum=float(momentum),
+        optimizer__weight_decay=float(weight_decay),  # On the kernels: not gamma, not beta.
+    )
+    tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, False)
+    state = steps.TrainState(0, start["params"], start["batch_stats"], tx.init(start["params"]))
+    train_step = jax.jit(steps.make_train_step(model, tx, config))
+    batch = {"image": arrays["images"], "label": arrays["labels"]}
+    for _ in range(int(num_steps)):
+        state, _ = train_step(state, batch, jax.random.key(0))
+    expected = mindspore_variables(arrays, "steps/")
+    errors = relative_errors(steps.variables(state), expected)
+    assert max(errors.values()) < 1e-4, sorted(errors.items(), key=lambda e: -e[1])[:5]
+    # Equal updates, not only nearly unchanged tensors: the moves agree too.
+    ours, theirs = (jax.tree.map(np.subtract, v, start) for v in (steps.variables(state), expected))
+    update_errors = relative_errors(ours, theirs)
+    assert max(update_errors.values()) < 1e-2, sorted(update_errors.items(), key=lambda e: -e[1])
 
 
 def test_the_test_writer_writes_what_mindspore_writes():
@@ -151,3 +212,30 @@ def test_predict_segments_photos_with_the_tutorials_network(tiny_config, tmp_pat
     want = np.asarray(jnp.argmax(logits[0], -1), np.uint8)
     assert len(np.unique(want)) > 1
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "photo.png")), want)
+
+
+def test_xavier_head_is_drawn_as_mindspore_draws_it():
+    """head_init=xavier_uniform: score layers and upsampling ~ U(+-sqrt(6 / (fan_in +
+    fan_out))), as MindSpore's weight_init="xavier_uniform" drew the fixture's own head
+    (head_init=fcn, zero scores and bilinear upsampling: tests/test_models.py)."""
+    theirs = mindspore_file.read(CKPT)
+    model = convert.mindspore_model(convert.from_mindspore_checkpoint(CKPT, 3)[1], 3)
+    model = model.clone(head_init="xavier_uniform")
+    ours = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), train=False)["params"])(
+        jax.random.key(0)
+    )
+    for layer in (
+        "score_fr",
+        "score_pool4",
+        "score_pool3",
+        "upscore2",
+        "upscore_pool4",
+        "upscore8",
+    ):
+        kernel = np.asarray(ours[layer]["kernel"])
+        k_h, k_w, c_in, c_out = kernel.shape
+        bound = np.sqrt(6 / (k_h * k_w * (c_in + c_out)))
+        for weights in (kernel, theirs[f"{layer}.weight"]):
+            assert 0.7 * bound < np.abs(weights).max() <= bound, (layer, bound)
+        if kernel.size > 1000:  # Uniform: std = bound / sqrt(3).
+            assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.1)

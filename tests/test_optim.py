@@ -1,5 +1,7 @@
 """Optimizer options: decay on weights only, bias multiplier, frozen upsampling, schedules."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -96,3 +98,70 @@ def test_default_config_is_locked_against_typos():
     assert isinstance(config, ml_collections.ConfigDict)
     with pytest.raises(AttributeError):
         config.not_a_field = 1  # Locked: a typo cannot add a field.
+
+
+# Parameters of every kind: a convolution (kernel, bias), a BatchNorm (scale, bias).
+KINDS = {
+    "conv1_1": {"kernel": jnp.ones((3, 3, 3, 4)), "bias": jnp.ones((4,))},
+    "conv1_1_bn": {"scale": jnp.ones((4,)), "bias": jnp.ones((4,))},
+}
+
+
+@pytest.mark.parametrize(
+    "recipe, decays_everything",
+    [
+        ("fcn8s", False),  # fcn_jax's own: kernels.
+        ("fcn8s:paper,caffe", False),  # Caffe: decay_mult 0 on biases.
+        ("fcn8s:mindspore", False),  # nn.Momentum: not on gamma and beta.
+        ("fcn_resnet50", True),  # torch's SGD weight_decay, as mmsegmentation uses it.
+        ("fcn_resnet101", True),
+    ],
+)
+def test_weight_decay_reaches_what_each_recipes_reference_decays(recipe, decays_everything):
+    import importlib
+
+    name, _, options = recipe.partition(":")
+    config = importlib.import_module(f"configs.{name}").get_config(*([options] if options else []))
+    opt = config.optimizer
+    with opt.unlocked():
+        opt.schedule, opt.warmup_steps = "constant", 0
+    tx, _ = optim.make_optimizer(opt, 100, freeze_upsampling=False)
+    updates = jax.device_get(
+        tx.update(jax.tree.map(jnp.zeros_like, KINDS), tx.init(KINDS), KINDS)[0]
+    )
+    assert np.all(updates["conv1_1"]["kernel"] < 0)  # Decay alone moves the kernels.
+    others = [
+        updates["conv1_1"]["bias"],
+        updates["conv1_1_bn"]["scale"],
+        updates["conv1_1_bn"]["bias"],
+    ]
+    assert all(np.all(u < 0) if decays_everything else not np.any(u) for u in others)
+
+
+def test_poly_ends_at_min_learning_rate():
+    """mmsegmentation's poly: (lr - min_lr) * (1 - t/T)^0.9 + min_lr."""
+    opt = opt_config(schedule="poly", learning_rate=0.01, min_learning_rate=1e-4, warmup_steps=0)
+    lr = optim.make_schedule(opt, num_train_steps=20_000)
+    for t in (0, 5_000, 19_999, 20_000):
+        want = (0.01 - 1e-4) * (1 - t / 20_000) ** 0.9 + 1e-4
+        assert float(lr(t)) == pytest.approx(want, rel=1e-5)
+    cosine = optim.make_schedule(opt_config(schedule="cosine", min_learning_rate=2e-4), 100)
+    assert float(cosine(100)) == pytest.approx(2e-4, rel=1e-5)
+
+
+def test_schedule_interval_steps_the_rate_once_an_epoch_as_mindspores_zoo():
+    """The zoo's CosineAnnealingLR(lr, T_max=epochs, steps_per_epoch, epochs) of src/utils/
+    lr_scheduler.py, restated: the rate of epoch e is lr * (1 + cos(pi * e / epochs)) / 2."""
+    epochs, per_epoch, base = 5, 3, 0.015
+
+    def zoo(i):
+        return base * (1 + math.cos(math.pi * (i // per_epoch) / epochs)) / 2
+
+    opt = opt_config(
+        schedule="cosine", learning_rate=base, warmup_steps=0, schedule_interval=per_epoch
+    )
+    lr = optim.make_schedule(opt, num_train_steps=epochs * per_epoch)
+    assert [float(lr(i)) for i in range(epochs * per_epoch)] == pytest.approx(
+        [zoo(i) for i in range(epochs * per_epoch)], rel=1e-6
+    )
+    assert float(lr(per_epoch - 1)) == float(lr(0))  # Constant through the first epoch.

@@ -19,8 +19,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch_reference as ref  # noqa: E402
 
-from fcn_jax import convert, models, resnet  # noqa: E402
+from fcn_jax import convert, models, optim, resnet, steps  # noqa: E402
 from fcn_jax.convert import ConversionError  # noqa: E402
+from fcn_jax.normalization import normalize  # noqa: E402
+from tests.test_mindspore import relative_errors  # noqa: E402
 from tests.test_models import TORCHVISION_FCN_RESNET_COUNTS, abstract_init  # noqa: E402
 
 B = 8  # Narrow base width: conv1 8 channels, layer4 256.
@@ -140,6 +142,84 @@ def test_converted_torchvision_fcn_resnet50_matches_it():
     model, variables = convert.from_torchvision_segmentation(net.state_dict())
     x = _image(33, 47)
     assert_heads_match(flax_outputs(model, variables, x), torch_outputs(net, x))
+
+
+def test_train_mode_and_three_sgd_steps_match_torch(tiny_config):
+    """fcn_resnet50 trained as torchvision's reference trains it: BatchNorm by the batch
+    statistics, running ones updated with the unbiased variance (momentum 0.1), loss
+    out + 0.5 aux over the non-void pixels, SGD with momentum and weight decay on every
+    parameter.
+
+    The forward pass in float32. The steps in float64 on both sides: a float32 gradient
+    of a ReLU network is discontinuous wherever rounding moves a pre-activation across 0
+    (torch's float32 gradients of this net differ from its float64 ones by up to 14% for
+    most seeds), so only exact arithmetic compares the steps' semantics to 1e-4.
+    """
+    lr, momentum, weight_decay, aux_weight = 0.02, 0.9, 1e-4, 0.5
+    net = ref.fcn_resnet("resnet50", aux_loss=True, base_width=B, seed=5)
+    for module in net.modules():  # Dropout draws other masks in torch: none here.
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    model, start = convert.from_torchvision_segmentation(initial)
+    model = model.clone(dropout_rate=0.0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 48, 64, 3), np.uint8)
+    labels = rng.integers(0, 21, (2, 48, 64)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.3] = 255
+    x = np.asarray(normalize(images, "torch")).transpose(0, 3, 1, 2)
+
+    net.train()
+    expected = torch_outputs(net, x)  # One forward pass, which updates the statistics.
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    outputs, updates = forward(start, x.transpose(0, 2, 3, 1))
+    want = convert.from_torchvision_segmentation(net.state_dict())[1]["batch_stats"]
+    errors = {
+        **{k: relative_error(np.asarray(v), expected[k]) for k, v in outputs.items()},
+        **relative_errors(updates["batch_stats"], want),
+    }
+    assert max(errors.values()) < 1e-4, sorted(errors.items(), key=lambda e: -e[1])[:5]
+
+    net = net.double()
+    net.load_state_dict(initial)
+    sgd = torch.optim.SGD(net.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
+    target = torch.from_numpy(labels.astype(np.int64))
+    for _ in range(3):
+        out = net(torch.from_numpy(x).double())
+        loss = torch.nn.functional.cross_entropy(out["out"], target, ignore_index=255)
+        loss = loss + aux_weight * torch.nn.functional.cross_entropy(
+            out["aux"], target, ignore_index=255
+        )
+        sgd.zero_grad()
+        loss.backward()
+        sgd.step()
+    want = convert.from_torchvision_segmentation(net.state_dict())[1]
+    config = tiny_config(
+        model__backbone="resnet50",
+        model__aux_loss_weight=aux_weight,
+        dataset__normalization="torch",
+        optimizer__name="sgd",
+        optimizer__schedule="constant",
+        optimizer__learning_rate=lr,
+        optimizer__momentum=momentum,
+        optimizer__weight_decay=weight_decay,
+        optimizer__decay_all_parameters=True,
+    )
+    with jax.enable_x64(True):
+        start = jax.tree.map(lambda a: np.asarray(a, np.float64), start)
+        model = model.clone(dtype=jnp.float64)
+        tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, False)
+        params = start["params"]
+        state = steps.TrainState(0, params, start["batch_stats"], tx.init(params))
+        train_step = jax.jit(steps.make_train_step(model, tx, config))
+        for _ in range(3):
+            state, _ = train_step(state, {"image": images, "label": labels}, jax.random.key(0))
+        ours = jax.device_get(steps.variables(state))
+    errors = relative_errors(ours, want)
+    assert max(errors.values()) < 1e-4, sorted(errors.items(), key=lambda e: -e[1])[:5]
+    ours, theirs = (jax.tree.map(np.subtract, v, start) for v in (ours, want))
+    update_errors = relative_errors(ours, theirs)  # Equal moves, not only small ones.
+    assert max(update_errors.values()) < 1e-2, sorted(update_errors.items(), key=lambda e: -e[1])
 
 
 # ---------------------------------------------------------------------------------------------

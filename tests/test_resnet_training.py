@@ -22,6 +22,7 @@ from fcn_jax import (
     steps,
 )
 from fcn_jax.normalization import normalize
+from tests.test_batch_norm import assert_trained_alike
 from tests.test_training import saved_params, train, train_steps
 
 
@@ -35,49 +36,44 @@ def resnet_config(tiny_config, **overrides):
     return tiny_config(**{**fields, **overrides})
 
 
-def train_step(config, num_devices, start):
-    """(state, metrics, programs) after one step from the host state ``start``.
-
-    One step: in a 4-wide net whose layer4 maps are 4x4, near-constant channels make a
-    second step's BatchNorm amplify float32 rounding chaotically (1e-6 -> 1e-3).
-    """
+def train_from(config, num_devices, start, num_steps):
+    """(state, metrics of the first step, programs) after num_steps from the host state start."""
     mesh = sharding.make_mesh((num_devices, 1), jax.devices()[:num_devices])
     programs = steps.compile_steps(config, mesh)
-    batch = sharding.global_batch(next(input_pipeline.train_iterator(config)), mesh)
-    state = sharding.put(start, programs.state_shardings)
-    state, metrics = programs.train_step(state, batch, jax.random.key(1))
-    return jax.device_get(state), jax.device_get(metrics), programs
+    batches = input_pipeline.train_iterator(config)
+    state, first = sharding.put(start, programs.state_shardings), None
+    for _ in range(num_steps):
+        batch = sharding.global_batch(next(batches), mesh)
+        state, metrics = programs.train_step(state, batch, jax.random.key(1))
+        first = first or jax.device_get(metrics)
+    return jax.device_get(state), first, programs
 
 
 @pytest.mark.slow
-def test_1_or_8_fsdp_devices_train_alike_on_the_loss_with_its_auxiliary_term(tiny_config):
-    # SGD: Adam would turn the rounding noise of gradients that are zero in exact arithmetic
-    # into whole steps (see tests/test_batch_norm.py).
-    config = resnet_config(tiny_config, optimizer__name="sgd", optimizer__learning_rate=0.05)
+def test_1_or_8_fsdp_devices_train_alike_with_adam_on_the_loss_with_its_auxiliary_term(
+    tiny_config,
+):
+    """Adam as the demo runs it (warmup 100): kernels, BatchNorm scales and statistics
+    within 1e-4 of their largest value + 1e-6 after 6 steps.
+
+    BatchNorm offsets are held to their moves instead: each is followed (through the
+    residual sums) by convolutions and BatchNorms that cancel a per-channel constant, so
+    their gradients are small against float32 rounding, which differs between 1 and 8
+    devices; Adam steps every parameter by about the learning rate whatever its gradient's
+    size, and the offsets' steps differ by up to 10x the absolute tolerance (torch's
+    BatchNorm2d has the same offsets and the same arithmetic)."""
+    config = resnet_config(tiny_config, optimizer__name="adam", optimizer__warmup_steps=100)
     model = steps.build_model(config)
     assert model.aux_head and model.backbone == "resnet50"
     tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, False)
     start = jax.device_get(jax.jit(steps.make_init_fn(model, tx))(jax.random.key(0)))
-    one, metrics, _ = train_step(config, 1, start)
+    one, metrics, _ = train_from(config, 1, start, 6)
     config.mesh.param_sharding = "fsdp"  # layer3, layer4 and head kernels split 8 ways.
-    eight, _, programs = train_step(config, 8, start)
+    eight, _, programs = train_from(config, 8, start, 6)
     params_sharding = programs.state_shardings.params
     assert params_sharding["layer4_0_conv2"]["kernel"].spec == P(None, None, None, "data")
     assert params_sharding["layer1_0_conv2"]["kernel"].spec == P()
-    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), one.batch_stats, start.batch_stats)
-    assert min(jax.tree.leaves(moved)) > 0  # Every statistic was updated.
-    for a, b in ((one.params, eight.params), (one.batch_stats, eight.batch_stats)):
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
-    moves = jax.tree.map(
-        lambda a, b, s: (np.abs(a - b).max(), np.abs(a - s).max()),
-        one.params,
-        eight.params,
-        start.params,
-    )
-    worst = max(
-        d / m for d, m in jax.tree.leaves(moves, is_leaf=lambda x: isinstance(x, tuple)) if m
-    )
-    assert worst < 1e-2, worst  # Equal updates, not only nearly unchanged weights.
+    assert_trained_alike(one, eight, start, held_to_moves=lambda path: path.endswith("_bn/bias"))
 
     # The loss is CE(out) + aux_loss_weight * CE(aux), on the batch statistics.
     batch = next(input_pipeline.train_iterator(config))
@@ -109,12 +105,17 @@ def test_frozen_batch_norm_normalises_by_the_running_statistics(tiny_config):
 def test_inference_takes_the_main_logits_with_tta_and_windows(tiny_config):
     config = resnet_config(tiny_config, dataset__eval_pad_size=(32, 32))
     model = steps.build_model(config)
-    variables = steps.variables(steps.make_init_fn(model, optax.sgd(0.0))(jax.random.key(0)))
+    init = jax.jit(steps.make_init_fn(model, optax.sgd(0.0)))
+    variables = steps.variables(init(jax.random.key(0)))
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 40, 56, 3), np.uint8))
-    logits = models.main_logits(
-        model.apply(variables, normalize(images, "torch", model.dtype), train=False)
-    )
-    scores = steps.make_scores_fn(model, config)(variables, images)
+
+    @jax.jit
+    def logits_and_scores(variables, images):
+        x = normalize(images, "torch", model.dtype)
+        logits = models.main_logits(model.apply(variables, x, train=False))
+        return logits, steps.make_scores_fn(model, config)(variables, images)
+
+    logits, scores = logits_and_scores(variables, images)
     np.testing.assert_array_equal(scores, logits)  # One view: the "out" head's logits.
     config.inference.flip, config.inference.scales = True, (0.75, 1.0)
     config.inference.sliding_window = True

@@ -6,6 +6,8 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -13,6 +15,8 @@ from jax.sharding import PartitionSpec as P
 from fcn_jax import checkpointing, evaluation, input_pipeline, sharding, steps, training
 from tests.conftest import save_ranked
 from tests.test_init_from import as_variables, tiny_params
+
+KEY = jax.random.key(1)
 
 
 def mesh_of(shape, num_devices):
@@ -280,6 +284,7 @@ def test_checkpoints_from_before_batch_norm_evaluate_and_resume(tiny_config, tmp
     earlier = config.to_dict()
     for field in ("backbone", "fc_batch_norm", "freeze_batch_norm"):
         del earlier["model"][field]
+    del earlier["loss_scale"]
     manager = checkpointing.make_manager(str(tmp_path))
     old_state = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     save_ranked(manager, 2, old_state, ml_collections.ConfigDict(earlier), 0.1)
@@ -288,3 +293,81 @@ def test_checkpoints_from_before_batch_norm_evaluate_and_resume(tiny_config, tmp
     assert restored.step == 2 and restored.variables["batch_stats"] == {}
     train(config, tmp_path)  # Resumes at step 2.
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_float16_dynamic_loss_scale_skips_overflows_halves_and_resumes_bitwise(
+    tiny_config, tmp_path
+):
+    """An overflowing float16 step changes no parameter and no moment and halves the scale;
+    the log counts it; finite steps grow the scale back; a checkpoint restores the scale
+    bitwise and training goes on as unbroken; a checkpoint from before loss scaling starts
+    the configured scale."""
+    config = tiny_config(
+        model__dtype="float16",
+        loss_scale__kind="dynamic",
+        loss_scale__value=2.0**40,  # Gradients times 2^40 overflow float16's 65504.
+        loss_scale__growth_interval=1,
+    )
+    mesh = mesh_of((1, 1), 1)
+    programs = steps.compile_steps(config, mesh)
+    batches = input_pipeline.train_iterator(config)
+
+    def step(state):
+        return programs.train_step(state, sharding.global_batch(next(batches), mesh), KEY)
+
+    state = programs.init(jax.random.key(0))
+    start = jax.device_get(state)
+    state, first = step(state)
+    skipped = jax.device_get(state)
+    assert float(first["overflow_steps"]) == 1 and float(skipped.loss_scale.scale) == 2.0**39
+    jax.tree.map(np.testing.assert_array_equal, skipped.params, start.params)
+    jax.tree.map(np.testing.assert_array_equal, skipped.opt_state, start.opt_state)
+    assert int(skipped.step) == 1
+    state = state.replace(loss_scale=state.loss_scale.replace(scale=jnp.float32(2.0**8)))
+    state, second = step(state)
+    state, third = step(state)  # A finite step after growth_interval finite ones: doubled.
+    assert float(second["overflow_steps"]) == float(third["overflow_steps"]) == 0
+    assert float(third["loss_scale"]) == 2.0**9
+    moved = jax.tree.map(
+        lambda a, b: np.abs(a - b).max(), jax.device_get(state.params), start.params
+    )
+    assert min(jax.tree.leaves(moved)) > 0
+    log = training._summarize({k: np.stack([first[k], second[k], third[k]]) for k in first})
+    assert log["overflow_steps"] == 1  # Counted over the interval, not averaged.
+
+    manager = checkpointing.make_manager(str(tmp_path))
+    checkpointing.save(manager, 3, state, config)
+    manager.wait_until_finished()
+    resumed = training._resume(manager, 3, config, lambda: programs)
+    kept = jax.device_get(state)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), kept)
+    assert float(kept.loss_scale.scale) == 2.0**9 and int(kept.loss_scale.fin_steps) == 0
+    batch = sharding.global_batch(next(batches), mesh)
+    one = jax.device_get(programs.train_step(state, batch, KEY)[0])
+    other = jax.device_get(programs.train_step(resumed, batch, KEY)[0])
+    jax.tree.map(np.testing.assert_array_equal, one, other)  # Bitwise, as unbroken.
+
+    earlier = config.to_dict()
+    del earlier["loss_scale"]
+    old = {"step": kept.step, "params": kept.params, "batch_stats": {}, "opt_state": kept.opt_state}
+    checkpointing.save(manager, 4, old, ml_collections.ConfigDict(earlier))
+    manager.wait_until_finished()
+    started = jax.device_get(training._resume(manager, 4, config, lambda: programs))
+    assert float(started.loss_scale.scale) == 2.0**40 and int(started.step) == 3
+    manager.close()
+
+
+def test_a_static_loss_scale_is_exact_on_float32_steps(tiny_config):
+    """MindSpore's fixed scale (1024): the loss times it, the gradients divided by it, every
+    step applied; a power of 2 changes no float32 gradient, so the step is the unscaled one."""
+    mesh = mesh_of((1, 1), 1)
+    states = [
+        run_steps(tiny_config(loss_scale__kind=kind, loss_scale__value=1024.0), mesh, 1)
+        for kind in ("static", "none")
+    ]
+    (scaled, scaled_metrics), (plain, plain_metrics) = states
+    assert "overflow_steps" not in scaled_metrics and scaled.loss_scale is None
+    jax.tree.map(
+        np.testing.assert_array_equal, *(jax.device_get(s.params) for s in (scaled, plain))
+    )
+    assert float(scaled_metrics["loss"]) == float(plain_metrics["loss"])

@@ -111,3 +111,95 @@ def test_eval_buckets():
     # Sliding windows of 512 every 341 pixels: the canvas grows by whole strides.
     assert transforms.eval_bucket(600, 300, (512, 512), (341, 341)) == (853, 512)
     assert transforms.eval_bucket(853, 1195, (512, 512), (341, 341)) == (853, 512 + 3 * 341)
+
+
+def mmseg_scaled_size(height, width, ratio, img_scale=(2048, 512)):
+    """mmsegmentation 0.x Resize(img_scale, ratio_range) for a drawn ratio, restated:
+    random_sample_ratio's int box, then mmcv.rescale_size (keep_ratio) with int(x + 0.5)."""
+    box = int(img_scale[0] * ratio), int(img_scale[1] * ratio)
+    factor = min(max(box) / max(height, width), min(box) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def test_mmseg_resize_on_a_500x375_image_scales_it_0_68_to_2_73_times():
+    ratios = np.random.default_rng(0).uniform(0.5, 2.0, 400).astype(np.float32)
+    ours = [
+        tuple(
+            int(transforms.scaled_length(n, transforms.scale_factor(375, 500, r, (2048, 512))))
+            for n in (375, 500)
+        )
+        for r in ratios
+    ]
+    assert ours == [mmseg_scaled_size(375, 500, float(r)) for r in ratios]
+    heights = np.array([h for h, _ in ours])
+    # min(2048 r / 500, 512 r / 375) = 1.365 r: 0.68-2.73 times, not the ratio's 0.5-2.
+    assert 0.68 * 375 <= heights.min() < 0.7 * 375 and 2.7 * 375 < heights.max() <= 2.731 * 375
+    assert mmseg_scaled_size(375, 500, 1.0) == (512, 683)  # The short side to 512.
+    # In train_crop: at ratio 1 a 500x375 image is 683x512 and the 512x512 crop has no padding.
+    jpeg, label = blocks(height=375, width=500, block=25)
+    label[label == 255] = 1
+    _, out = crop(jpeg, label, crop_size=(512, 512), scale_range=(1.0, 1.0), scale_base=(2048, 512))
+    assert out.shape == (512, 512) and not (out == 255).any()
+
+
+def class_shares(label):
+    counts = np.bincount(label[label != 255].ravel(), minlength=5)
+    return counts.max() / counts.sum(), np.count_nonzero(counts)
+
+
+def test_cat_max_ratio_redraws_crops_that_one_class_dominates():
+    """mmsegmentation's RandomCrop(cat_max_ratio=0.75): a crop whose commonest class holds
+    75% or more of its labelled pixels, or which holds one class, is drawn again (10 times)."""
+    label = np.ones((96, 96), np.uint8)
+    label[:, 60:] = 2  # Crops of 48 hold two classes, at most 75% : 25%, only near x = 60.
+    label[:8] = 255  # Void is not counted.
+    jpeg = tf.io.encode_jpeg(np.where(label[..., None] == 2, 200, 50).astype(np.uint8)).numpy()
+    kw = {"crop_size": (48, 48), "scale_range": (1.0, 1.0), "flip": False}
+    plain = [class_shares(crop(jpeg, label, seed=(s, 3), **kw)[1]) for s in range(24)]
+    ratio = [
+        class_shares(crop(jpeg, label, seed=(s, 3), cat_max_ratio=0.75, **kw)[1]) for s in range(24)
+    ]
+    assert sum(share >= 0.75 for share, _ in plain) >= 12  # Most plain crops are one class.
+    assert all(share < 0.75 and classes == 2 for share, classes in ratio), ratio
+    # The rule itself, on labels: strictly below the ratio, void left out, one class refused.
+    mixed = lambda lab: bool(transforms._mixed_enough(tf.constant(lab, tf.uint8), 0.75))  # noqa: E731
+    assert not mixed([1, 1, 1, 2])  # 75%: not below.
+    assert mixed([1, 1, 2, 2, 255, 255, 255])
+    assert not mixed([1, 1, 1, 255, 255, 255, 255])  # One class.
+    assert mixed([1, 1, 2, 3, 3])
+
+
+def test_photometric_distortion_changes_colours_only_within_range():
+    jpeg, label = blocks(seed=4)
+    pairs = [
+        (
+            crop(jpeg, label, seed=(2, s)),
+            crop(jpeg, label, seed=(2, s), photometric_distortion=True),
+        )
+        for s in range(4)
+    ]
+    for plain, changed in pairs:
+        np.testing.assert_array_equal(plain[1], changed[1])  # The same crop, the same labels.
+    assert sum(not np.array_equal(plain[0], changed[0]) for plain, changed in pairs) >= 2
+    # On grey pixels saturation and hue do nothing: brightness and contrast keep them grey.
+    grey = tf.constant(np.full((8, 8, 3), 100.0, np.float32))
+    for s in range(8):
+        out = transforms.photometric(grey, tf.constant([s, 1], tf.int64)).numpy()
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+        assert 0 <= out.min() and out.max() <= 255 and (out == np.floor(out)).all()
+    hue_moves = [
+        transforms.photometric(tf.constant([[[200.0, 40.0, 40.0]]]), tf.constant([s, 2], tf.int64))
+        .numpy()
+        .ravel()
+        for s in range(16)
+    ]
+    assert any(np.argmax(v) != 0 or v[1] != v[2] for v in hue_moves)  # Hue shifted some.
+
+
+def test_bicubic_resize_of_training_images():
+    jpeg, label = blocks(seed=6)
+    cubic = crop(jpeg, label, seed=(5, 5), image_resize="bicubic")
+    linear = crop(jpeg, label, seed=(5, 5))
+    np.testing.assert_array_equal(cubic[1], linear[1])  # Labels: nearest either way.
+    assert not np.array_equal(cubic[0], linear[0])
+    assert np.abs(cubic[0].astype(int) - linear[0].astype(int)).mean() < 8  # The same image.

@@ -8,6 +8,12 @@ The network is the tutorial's (mindspore docs, tutorials/application/source_zh_c
 fcn8s.ipynb) at narrow widths (conv1 2 channels, fc6/fc7 8, 3 classes), with random weights
 and BatchNorm statistics; the .npz holds two inputs (32x64 and 64x32, NCHW) and MindSpore's
 logits for them in eval mode.
+
+mindspore_fcn8s_tiny_train.npz is training, as the model zoo trains (nn.Momentum 0.9 with
+weight decay, mean cross-entropy over the non-void pixels): a uint8 RGB batch of 2 (64x96),
+its labels (some 255), the logits of one forward pass with set_train(True) and the moving
+statistics it left, then the parameters and statistics after 3 steps on that batch, each from
+the checkpoint's state.
 """
 
 import pathlib
@@ -18,6 +24,10 @@ from mindspore import nn
 
 HERE = pathlib.Path(__file__).resolve().parent
 BASE, FC, CLASSES = 2, 8, 3
+# The model zoo's normalisation (default_config.yaml): BGR images, these means and stds.
+MEAN_BGR, STD_BGR = (103.53, 116.28, 123.675), (57.375, 57.120, 58.395)
+# The training steps: learning rate, momentum and weight decay of nn.Momentum.
+LR, MOMENTUM, WEIGHT_DECAY, STEPS = 0.05, 0.9, 1e-4, 3
 
 
 def stage(cin, cout, n):
@@ -90,6 +100,35 @@ def main():
         arrays[f"{name}_input"] = x
         arrays[f"{name}_logits"] = net(ms.Tensor(x)).asnumpy()
     np.savez(HERE / "mindspore_fcn8s_tiny.npz", **arrays)
+    np.savez(HERE / "mindspore_fcn8s_tiny_train.npz", **train_mode(net, rng))
+
+
+def state(net):
+    return {p.name: p.asnumpy() for p in net.get_parameters()}
+
+
+def train_mode(net, rng):
+    """Logits and moving statistics of one train-mode forward pass, then the state after
+    STEPS training steps, both from the checkpoint's state."""
+    checkpoint = ms.load_checkpoint(str(HERE / "mindspore_fcn8s_tiny.ckpt"))
+    images = rng.integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    labels = rng.integers(0, CLASSES, (2, 64, 96)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.3] = 255
+    x = (images[..., ::-1].astype(np.float32) - np.float32(MEAN_BGR)) / np.float32(STD_BGR)
+    x = ms.Tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    net.set_train(True)
+    out = {"images": images, "labels": labels.astype(np.uint8), "logits": net(x).asnumpy()}
+    out["lr_momentum_weight_decay_steps"] = np.array([LR, MOMENTUM, WEIGHT_DECAY, STEPS])
+    out.update({f"forward/{k}": v for k, v in state(net).items() if "moving" in k})
+    ms.load_param_into_net(net, checkpoint)
+    optimizer = nn.Momentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WEIGHT_DECAY)
+    loss = nn.CrossEntropyLoss(ignore_index=255)  # The mean over the non-void pixels.
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), optimizer)
+    step.set_train(True)
+    for _ in range(STEPS):
+        step(x, ms.Tensor(labels))
+    out.update({f"steps/{k}": v for k, v in state(net).items()})
+    return out
 
 
 if __name__ == "__main__":
