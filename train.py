@@ -16,8 +16,9 @@ cli.define_flags("Directory for checkpoints and TensorBoard logs.")
 
 def main(argv):
     # Listening from the start: a signal during the start-up to come (joining the other
-    # processes, imports, restore, compilation) ends the run at once, every process alike.
-    with cli.clear_errors(), preemption.Listener() as listener:
+    # processes, imports, restore, compilation) ends the run at once, every process alike,
+    # and until the process has exited (see preemption.Listener's exit_process).
+    with cli.clear_errors(), preemption.Listener(exit_process=True) as listener:
         cli.setup(argv)
         listener.connected()
         from fcn_jax import training  # After jax.distributed.initialize.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging as std_logging
+import os
 import re
 import sys
 import traceback
@@ -49,6 +50,12 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
     # notice before a resumed run's first step, and does not say which signal came).
     jax.config.update("jax_enable_preemption_service", False)
     if coordinator_address is not None:
+        logging.info(
+            "Process %d: joining %d processes through %s",
+            process_id,
+            num_processes,
+            coordinator_address,
+        )
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     else:
         try:
@@ -67,26 +74,35 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
 
 
 class _QuietOrbax(std_logging.Filter):
-    """Orbax logs each save step at INFO; keep its warnings and errors only, except the
-    one at every save (they are all unranked when made: fcn_jax attaches the evaluation
-    that ranks a checkpoint after the save, see checkpointing.attach_metrics)."""
+    """Orbax logs each save step at INFO; keep its warnings and errors only, but those
+    that say nothing wrong: one at every save (they are all unranked when made: fcn_jax
+    attaches the evaluation that ranks a checkpoint after the save, see
+    checkpointing.attach_metrics), and those of eval.py's read-only manager."""
 
     def filter(self, record):
         if "/orbax/" not in record.pathname:
             return True
-        return record.levelno >= std_logging.WARNING and _UNRANKED_SAVE not in record.getMessage()
+        text = record.getMessage()
+        return record.levelno >= std_logging.WARNING and not any(m in text for m in _EXPECTED)
 
 
-_UNRANKED_SAVE = "Requested `tracked_metric`; did not provide metrics."
+_EXPECTED = (
+    "Requested `tracked_metric`; did not provide metrics.",
+    "Given directory is read only",
+    "CheckpointManagerOptions.read_only=True, setting",
+)
 
 
 # When a checkpoint read fails, orbax closes its event loop while tensorstore still
 # completes the other reads: each reports 'Event loop is closed' or an unretrieved
 # task's error. The failure itself is reported once; these are debug noise.
 def _quiet_unraisable(unraisable) -> None:
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
-        logging.debug("Abandoned checkpoint read: %s", error)
+    error, where = unraisable.exc_value, unraisable.object
+    code = getattr(where, "cr_code", None)  # A coroutine never awaited: whose is it?
+    orbax = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+    closed = isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+    if closed or orbax or "tensorstore_spec" in str(error):
+        logging.debug("Abandoned checkpoint read: %s (%s)", error, where)
         return
     sys.__unraisablehook__(unraisable)
 
@@ -147,11 +163,23 @@ def _last_overrides_win(argv: list[str]) -> list[str]:
     (``--config.mesh.shape=(1,1) --config.mesh.shape=(-1,1)`` would be (1, 1, -1, 1));
     as for every other flag, the last one counts."""
 
-    def field(arg: str) -> str | None:
-        return arg.split("=", 1)[0] if arg.startswith("--config.") and "=" in arg else None
+    # An override is one argument (--config.x=v) or two (--config.x v): absl's two forms.
+    overrides, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        paired = arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv)
+        paired = paired and not re.match(r"--?[A-Za-z_]", argv[i + 1])  # Not a flag.
+        overrides.append(argv[i : i + 1 + paired])
+        i += 1 + paired
 
-    last = {field(a): i for i, a in enumerate(argv) if field(a)}
-    return [a for i, a in enumerate(argv) if field(a) is None or last[field(a)] == i]
+    def field(override: list[str]) -> str | None:
+        arg = override[0]
+        return arg.split("=", 1)[0] if arg.startswith("--config.") else None
+
+    last = {field(o): i for i, o in enumerate(overrides) if field(o)}
+    return [
+        a for i, o in enumerate(overrides) if field(o) is None or last[field(o)] == i for a in o
+    ]
 
 
 @contextlib.contextmanager
@@ -162,6 +190,10 @@ def clear_errors():
     128 + the signal, having logged where it saved."""
     try:
         yield
+    except KeyboardInterrupt:  # eval.py, export.py: no preemption.Listener there.
+        logging.debug("%s", traceback.format_exc())
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         logging.debug("%s", traceback.format_exc())
         sys.exit(f"error: {e}")

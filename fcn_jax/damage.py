@@ -14,6 +14,7 @@ that a running training's retention deleted while it was being read.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -33,8 +34,10 @@ _JSON_FILES = {
     "_CHECKPOINT_METADATA": True,  # orbax's step metadata (item handlers, commit time).
     os.path.join(CONFIG, "metadata"): True,  # The resolved config.
     os.path.join(STATE, "_METADATA"): True,  # The train state's tree and array metadata.
+    os.path.join(STATE, "_sharding"): False,  # The shardings it was saved with.
     os.path.join("metrics", "metrics"): False,  # The evaluation that ranks it, if any.
 }
+_JSON_PATTERNS = (os.path.join(STATE, "array_metadatas", "process_*"),)  # One per process.
 _READ_BYTES = 256 << 20  # Arrays are read back in groups of about this size, not all at once.
 
 
@@ -66,20 +69,30 @@ def _not_damage(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text
 
 
-def unreadable_json(directory: str) -> dict[int, str]:
+def unreadable_json(directory: str, missing_is_damage: bool = True) -> dict[int, str]:
     """{step: why} for the checkpoints in ``directory`` with a JSON file that does not
-    parse (orbax reads some of them as soon as a manager is made)."""
+    parse (orbax reads some of them as soon as a manager is made). ``missing_is_damage``
+    False: a file gone is not reported (a reader beside a training run, whose retention
+    deletes checkpoints while they are looked at)."""
     found = {}
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
         if not name.isdigit():
             continue
-        for relative, required in _JSON_FILES.items():
-            path = os.path.join(directory, name, relative)
-            if not required and not os.path.exists(path):
+        step = os.path.join(directory, name)
+        paths = [(os.path.join(step, p), required) for p, required in _JSON_FILES.items()]
+        paths += [
+            (p, True) for pattern in _JSON_PATTERNS for p in glob.glob(os.path.join(step, pattern))
+        ]
+        for path, required in paths:
+            if not (required and missing_is_damage) and not os.path.exists(path):
                 continue
             try:
                 with open(path) as f:
                     json.load(f)
+            except FileNotFoundError:
+                if missing_is_damage:
+                    found[int(name)] = f"{path}: missing"
+                    break
             except (OSError, ValueError) as e:
                 found[int(name)] = f"{path}: {_reason(e)}"
                 break
@@ -95,6 +108,8 @@ def unreadable(directory: str, step: int) -> str | None:
         raise CheckpointVanishedError(_vanished(directory, step))
     why = unreadable_json(directory).get(step)
     if why:
+        if not os.path.isdir(path):  # Files gone as retention deletes the folder.
+            raise CheckpointVanishedError(_vanished(directory, step))
         return why
     try:
         checkpointer = ocp.PyTreeCheckpointer()
@@ -192,10 +207,12 @@ def _attempt(manager, step: int, restore: Callable[[int], object]):
         error = e
     if _everywhere(error is None):
         return result, None
-    directory = str(manager.directory)
-    damaged = error is not None and unreadable(directory, step) is not None
-    if not _everywhere(not damaged):
-        return None, _reason(error) if damaged else "another process could not read it"
+    directory, why = str(manager.directory), None
+    if error is not None and unreadable(directory, step) is not None:
+        # A JSON file that does not parse, by its name; else the reader's own words.
+        why = unreadable_json(directory).get(step) or _reason(error)
+    if not _everywhere(why is None):
+        return None, why or "another process could not read it"
     if error is not None:  # The files read back: not damage.
         raise error
     raise RuntimeError(f"another process could not restore checkpoint {step}; see its log")

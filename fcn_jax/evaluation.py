@@ -150,6 +150,17 @@ class Restored(NamedTuple):
     tag: str  # Short name for report files: the step, or the weights' folder name.
 
 
+def _read_only_manager(workdir: str):
+    """A manager reading ``workdir``, where a training run may be deleting checkpoints
+    (its retention) while orbax lists them."""
+    for attempt in range(3):
+        try:
+            return checkpointing.make_manager(workdir, read_only=True)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+
+
 def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Restored:
     """The trained parameters to run: the workdir's ``which`` checkpoint, else config.init_from.
 
@@ -187,7 +198,7 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
         return Restored(programs, variables, step, f"weights {config.init_from}", name)
     if not workdir:
         raise ValueError("give --workdir (a trained run) or --config.init_from (converted weights)")
-    manager = checkpointing.make_manager(workdir, read_only=True)
+    manager = _read_only_manager(workdir)
     programs = None
 
     def restore_at(step: int) -> dict:
@@ -197,7 +208,7 @@ def restore(config, workdir: str | None, which: str = "best", mesh=None) -> Rest
         programs = programs or steps.compile_steps(config, mesh)
         return checkpointing.restore_variables(manager, step, programs.abstract_variables)
 
-    for step, why in damage.unreadable_json(str(manager.directory)).items():
+    for step, why in damage.unreadable_json(str(manager.directory), False).items():
         logging.warning("Checkpoint %d cannot be read (%s); it is left as it is", step, why)
     try:
         for attempt in range(3):  # A training run's retention may delete what we read.

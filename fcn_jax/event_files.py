@@ -3,7 +3,8 @@
 A run killed after logging steps that no checkpoint holds (``kill -9``, a crash, power
 loss) would show those steps twice once the resumed run logs them again. On resume,
 the event files in the workdir are rewritten without the events after the checkpoint
-(each file replaced atomically), whichever loader TensorBoard uses.
+(each file replaced atomically), whichever loader TensorBoard uses; a run that starts
+afresh (its predecessor saved no checkpoint) drops them all.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from tensorboard.summary.writer import record_writer
 from fcn_jax import files
 
 
-def discard_after(logdir: str, step: int) -> int:
-    """Drops the events after ``step`` from the event files in ``logdir``; returns how many."""
+def discard_after(logdir: str, step: int | None) -> int:
+    """Drops the events after ``step`` from the event files in ``logdir`` (None: a run
+    starting afresh, all but the files' headers); returns how many."""
     dropped = 0
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
         kept, later = [], 0
         for record in event_file_loader.RawEventFileLoader(path).Load():
-            if event_pb2.Event.FromString(record).step > step:
+            event = event_pb2.Event.FromString(record)
+            if event.WhichOneof("what") != "file_version" and (step is None or event.step > step):
                 later += 1
             else:
                 kept.append(record)
@@ -37,9 +40,9 @@ def discard_after(logdir: str, step: int) -> int:
             dropped += later
     if dropped:
         logging.info(
-            "Dropped %d TensorBoard events after step %d, logged by a run that stopped "
-            "before saving them",
+            "Dropped %d TensorBoard events after %s, logged by a run that stopped before "
+            "saving them",
             dropped,
-            step,
+            "the start" if step is None else f"step {step}",
         )
     return dropped

@@ -35,7 +35,6 @@ import signal
 import sys
 import threading
 
-import jax
 from absl import logging
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -44,7 +43,8 @@ _NOTICE = f"{_KEYS}/notice"  # The first signal any process received.
 _AGREEMENT_TIMEOUT_MS = 20_000  # Well inside the grace period before SIGKILL.
 _WATCH_INTERVAL_S = 0.25  # How often a process looks for another one's notice.
 _SAVED = "saved"  # What a process with nothing unsaved reports.
-_STARTUP = "during start-up: nothing was trained since the newest checkpoint"
+_STARTUP = "during start-up, before this run trained a step"
+_FINISHED = "after training ended: every step is saved"
 _ANOTHER = (
     "with another process starting up or evaluating: no step after the newest checkpoint ended"
 )
@@ -61,12 +61,21 @@ class Preempted(Exception):
 class Listener:
     """SIGTERM/SIGINT for the duration of a training run (a context manager).
 
-    It starts in start-up, where a notice ends the process at once; ``running()``
-    marks the first training step, after which notices stop the run at a ``poll()``,
-    except within ``nothing_unsaved()`` (an evaluation of a saved step).
+    It starts in start-up, where a notice ends the process at once (once ``connected()``
+    says the processes can tell each other); ``running()`` marks the first training
+    step, after which notices stop the run at a ``poll()``, except within
+    ``nothing_unsaved()`` (an evaluation of a saved step) and after ``finished()``.
+
+    ``exit_process`` (the entry point's): leaving the context after the run or on
+    ``Preempted`` ends the process there and then, every process together, still
+    listening: interpreter shutdown would wait for abandoned device work and tf.data
+    threads (15-60 s) with the handlers gone.
     """
 
-    def __init__(self):
+    def __init__(self, exit_process: bool = False):
+        self._exit_process = exit_process
+        self._deferred: int | None = None  # A signal before connected(): told once joined.
+        self._exit_lock = threading.Lock()  # One way out: the main thread's or a notice's.
         self.signum: int | None = None  # The agreed signal, once there is a notice.
         self.stopping = False  # poll() said stop: the loop is saving and leaving.
         self._unsaved = False  # Whether steps since the newest checkpoint would be lost.
@@ -93,7 +102,9 @@ class Listener:
         self._start(self._watch_other_processes)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if self._exit_process and (exc is None or isinstance(exc, Preempted)):
+            self._leave(0 if exc is None else exc.exit_code)
         self._closing.set()
         with contextlib.suppress(BlockingIOError):  # Full: the reader is awake anyway.
             os.write(self._wake_write, b"\0")  # Wakes the signal reader: 0 is no signal.
@@ -106,9 +117,14 @@ class Listener:
         os.close(self._wake_write)
 
     def connected(self) -> None:
-        """jax.distributed has started: from now on the processes tell each other. (Before,
-        a notice ends only the process that got it: there is nothing to save yet.)"""
-        self._connected = True
+        """jax.distributed has started: from now on the processes tell each other. A signal
+        before waits for this (a process leaving alone while the others join would leave
+        them waiting minutes for it); a second one ends this process at once."""
+        with self._notice_lock:
+            self._connected = True
+            deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            self._notice(deferred, here=True)
 
     def running(self) -> None:
         """Start-up is over (the first training step is on its way to the devices): from
@@ -127,6 +143,12 @@ class Listener:
         finally:
             with self._poll_lock:
                 self._unsaved, self._before_exit = True, None
+
+    def finished(self) -> None:
+        """Training ended and its last save is on disk: a notice from now on ends the
+        process at once, as in start-up."""
+        with self._poll_lock:
+            self._unsaved, self._before_exit, self._why = False, None, _FINISHED
 
     def poll(self) -> bool:
         """Whether to stop now. Every process calls it at the same points: after each
@@ -180,6 +202,8 @@ class Listener:
             client = self._coordination()
             if client is None:  # One process, or jax.distributed not started yet.
                 continue
+            import jax
+
             try:
                 value = client.key_value_try_get(_NOTICE)
             except jax.errors.JaxRuntimeError:  # Not there (yet), or the service is gone.
@@ -195,6 +219,17 @@ class Listener:
 
     def _take_notice(self, signum: int, here: bool) -> None:
         with self._notice_lock:
+            if not self._connected:
+                if self._deferred is not None:
+                    self.signum = signum
+                    self._exit_now("while joining the other processes", together=False)
+                self._deferred = signum
+                logging.warning(
+                    "%s received while joining the other processes: stopping once joined "
+                    "(again to stop at once)",
+                    signal.strsignal(signum),
+                )
+                return
             if self.signum is not None:
                 if here:
                     logging.warning(
@@ -214,6 +249,8 @@ class Listener:
 
     def _publish(self, signum: int) -> int:
         """Tells the other processes; the first notice of the run wins."""
+        import jax
+
         client = self._coordination()
         try:
             client.key_value_set(_NOTICE, str(signum))
@@ -249,12 +286,25 @@ class Listener:
         ``together``: the processes leave jax.distributed together first, so that none
         finds the coordination service (in process 0) gone and aborts."""
         logging.warning("preempted %s; run the same command to resume", why)
+        with self._exit_lock:
+            self._end(128 + self.exit_signal, together)
+
+    def _leave(self, code: int) -> None:
+        """The main thread's way out, after the run or its Preempted; a notice meanwhile
+        finds the exit taken and the process leaving with ``code``."""
+        self.finished()  # Locks in the order the agreement takes them: poll, then exit.
+        with self._exit_lock:
+            self._end(code, together=True)
+
+    def _end(self, code: int, together: bool) -> None:
         if together and self._coordination() is not None:
+            import jax
+
             jax.distributed.shutdown()
         logging.flush()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(128 + self.exit_signal)
+        os._exit(code)
 
 
 def _process_id() -> int:

@@ -83,6 +83,7 @@ def train_and_evaluate(config, workdir: str, listener: preemption.Listener | Non
     """
     if listener is None:
         with preemption.Listener() as listener:
+            listener.connected()  # jax.distributed, if any, was started by the caller.
             return train_and_evaluate(config, workdir, listener)
     validate_config(config)
     mesh = sharding.make_mesh(config.mesh.shape)
@@ -102,18 +103,14 @@ def train_and_evaluate(config, workdir: str, listener: preemption.Listener | Non
         every_minutes=config.checkpoint_every_minutes,
         listener=listener,
     )
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True
-    )
     try:
-        return _train(config, workdir, manager, mesh, writer, listener)
+        return _train(config, workdir, manager, mesh, listener)
     finally:
         manager.wait_until_finished()  # Still listening: a signal now cannot cut it short.
         manager.close()
-        writer.close()
 
 
-def _train(config, workdir, manager, mesh, writer, listener) -> dict:
+def _train(config, workdir, manager, mesh, listener) -> dict:
     programs = None
 
     def compiled() -> steps.Programs:  # Once the normalisation is known.
@@ -124,20 +121,33 @@ def _train(config, workdir, manager, mesh, writer, listener) -> dict:
     start, state = damage.restore_newest(
         manager, lambda step: _resume(manager, step, config, compiled)
     )
+    if jax.process_index() == 0:  # Events a killed run logged after its newest checkpoint.
+        event_files.discard_after(workdir, start)
+    writer = metric_writers.create_default_writer(  # After that: it starts a new file.
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
+    try:
+        return _train_from(config, manager, mesh, listener, compiled, state, start, writer)
+    finally:
+        writer.close()
+
+
+def _train_from(config, manager, mesh, listener, compiled, state, start, writer) -> dict:
+    """Trains from checkpoint ``start`` (None: from scratch, or from config.init_from)."""
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     eval_metrics = {}
     if start is None:
         init_from.resolve_normalization(config, None, None)
-        state, start = compiled().init(init_rng), 0
+        programs = compiled()
+        state, start = programs.init(init_rng), 0
         if config.init_from:
             state = init_from.initialise(state, programs, config)
         else:
             logging.info("config.init_from is empty: every layer starts from its initialiser")
         writer.write_hparams(_flat_hparams(config))
     else:
+        programs = compiled()
         logging.info("Resumed from checkpoint %d in %s", start, manager.directory)
-        if jax.process_index() == 0:  # Events a killed run wrote after its checkpoint.
-            event_files.discard_after(workdir, start)
         if _evaluation_due(start, config) and not checkpointing.is_ranked(manager, start):
             logging.info("Checkpoint %d was saved but not evaluated", start)
             eval_metrics = _evaluate(programs, state, config, manager, start, writer, listener)
@@ -151,14 +161,15 @@ def _train(config, workdir, manager, mesh, writer, listener) -> dict:
     batches = input_pipeline.train_iterator(config, start_step=start)
     progress = _Progress(start, config.num_train_steps, config.batch_size)
     history, previous, path = [], None, None
-    checkpointing.start_clock(manager)
     for step in range(start + 1, config.num_train_steps + 1):
         local = next(batches)
         input_pipeline.check_labels(local["label"], config.model.num_classes)
         state, step_metrics = programs.train_step(
             state, sharding.global_batch(local, mesh), dropout_rng
         )
-        listener.running()  # The first step is on its way: no longer start-up.
+        if step == start + 1:  # Compiled, on its way: start-up is over.
+            listener.running()
+            checkpointing.start_clock(manager)  # checkpoint_every_minutes counts from here.
         if previous is not None:  # Check the step before, so the device keeps busy.
             _check_finite(step - 1, previous, manager)
         previous = step_metrics
@@ -187,6 +198,7 @@ def _train(config, workdir, manager, mesh, writer, listener) -> dict:
     manager.wait_until_finished()
     if listener.poll():  # A signal during the last save: it is on disk now.
         raise _preempted(manager, listener, config.num_train_steps, path)
+    listener.finished()
     return eval_metrics
 
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -61,7 +62,7 @@ def run(script, *args, devices=1, timeout=600):
 
 def test_demo_trains_and_evaluates_through_the_cli(tmp_path):
     # A repeated tuple field: the last one counts, as for every other flag.
-    mesh = ["--config.mesh.shape=(2,2)", "--config.mesh.shape=(1,1)"]
+    mesh = ["--config.mesh.shape=(2,2)", "--config.mesh.shape", "(1,1)"]  # absl's 2 forms.
     result = run("train.py", *TINY, *mesh, f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
@@ -224,6 +225,39 @@ def test_abandoned_checkpoint_reads_are_quiet_and_other_lost_errors_are_not(tmp_
     assert len(reported) == 1 and "a bug of ours" in reported[0], reported
 
 
+def test_entry_points_say_nothing_twice_and_nothing_that_is_fine(capsys):
+    """Ctrl-C in eval.py is one line and 130; orbax's warnings about what fcn_jax meant
+    (eval.py's read-only manager) are not shown, its others are; the reads of a failed
+    restore that nobody awaits go to debug, other lost errors do not."""
+    with pytest.raises(SystemExit) as e, cli.clear_errors():
+        raise KeyboardInterrupt
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+    def orbax_warning(message):
+        path = f"{os.sep}orbax{os.sep}checkpoint{os.sep}checkpoint_manager.py"
+        return logging.LogRecord("absl", logging.WARNING, path, 1, message, None, None)
+
+    quiet = cli._QuietOrbax()
+    assert not quiet.filter(orbax_warning("Given directory is read only=/w/checkpoints"))
+    assert quiet.filter(orbax_warning("Something orbax has to say"))
+
+    # A coroutine of orbax's that a failed restore left unawaited, and one of anyone else.
+    orbax_read = types.SimpleNamespace(
+        cr_code=types.SimpleNamespace(co_filename=f"{os.sep}orbax{os.sep}serialization.py")
+    )
+    reported = []
+    real = sys.__unraisablehook__
+    try:
+        sys.__unraisablehook__ = reported.append
+        for where in (orbax_read, None):
+            cli._quiet_unraisable(
+                types.SimpleNamespace(exc_value=RuntimeError("lost"), object=where)
+            )
+    finally:
+        sys.__unraisablehook__ = real
+    assert [u.object for u in reported] == [None]
+
+
 def test_two_processes_preempted_and_resumed_train_like_one(tmp_path, tiny_config):
     """Two processes on 127.0.0.1 (gloo, 2 CPU devices each) == one process with 4,
     also when one of them gets SIGTERM halfway and the same command resumes the run.
@@ -245,8 +279,8 @@ def test_two_processes_preempted_and_resumed_train_like_one(tmp_path, tiny_confi
     single = run("train.py", *args, f"--workdir={tmp_path / 'one'}", devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    def two_processes(log_name):
-        address = f"127.0.0.1:{free_port()}"
+    def two_processes(log_name, ids=(0, 1), address=None):
+        address = address or f"127.0.0.1:{free_port()}"
         flags = [*args, f"--workdir={tmp_path / 'two'}", f"--coordinator_address={address}"]
         return [
             start(
@@ -257,7 +291,7 @@ def test_two_processes_preempted_and_resumed_train_like_one(tmp_path, tiny_confi
                 log=tmp_path / f"{log_name}{i}.log",
                 devices=2,
             )
-            for i in range(2)
+            for i in ids
         ]
 
     # SIGTERM to process 1 alone: both agree on a step, save it and exit 143 ...
@@ -272,15 +306,18 @@ def test_two_processes_preempted_and_resumed_train_like_one(tmp_path, tiny_confi
     assert int(stopped[0][0]) < STEPS
     assert os.listdir(tmp_path / "two" / "checkpoints") == stopped[0]
     assert "Process 1 of 2; 2 local of 4 devices" in logs[1].read_text()
-    # Ctrl-C to process 1 as it starts up (restore and compilation to come): both end at
-    # once with its status, having trained nothing, and the checkpoint stays as it was.
-    procs = two_processes("starting")
-    wait_for(tmp_path / "starting1.log", "Process 1 of 2", procs[1])
-    procs[1].send_signal(signal.SIGINT)
+    # Ctrl-C to process 1 while it waits for process 0 to join: it waits to tell it, then
+    # both end at once with its status, having trained nothing; the checkpoint stays.
+    address = f"127.0.0.1:{free_port()}"
+    (late,) = two_processes("starting", ids=(1,), address=address)
+    wait_for(tmp_path / "starting1.log", "Process 1: joining 2 processes", late)
+    late.send_signal(signal.SIGINT)
+    wait_for(tmp_path / "starting1.log", "Interrupt received while joining", late)
+    procs = [*two_processes("starting", ids=(0,), address=address), late]
     for i, p in enumerate(procs):
         text = (tmp_path / f"starting{i}.log").read_text
         assert p.wait(timeout=120) == 130, text()[-3000:]
-        assert "preempted during start-up: nothing was trained since the newest" in text()
+        assert "preempted during start-up, before this run trained a step" in text()
         assert "train/loss=" not in text()
     assert os.listdir(tmp_path / "two" / "checkpoints") == stopped[0]
     # ... and the same command finishes the run.

@@ -206,16 +206,30 @@ def test_when_no_checkpoint_restores_one_line_names_them(tiny_config, tmp_path):
 
 @pytest.mark.parametrize(
     "relative",
-    ["metrics/metrics", "_CHECKPOINT_METADATA", "config/metadata", "state/_METADATA"],
+    [
+        "metrics/metrics",
+        "_CHECKPOINT_METADATA",
+        "config/metadata",
+        "state/_METADATA",
+        "state/_sharding",
+        "state/array_metadatas/process_0",
+    ],
 )
 def test_every_json_file_of_a_checkpoint_is_checked(tiny_config, tmp_path, relative):
     manager = checkpointing.make_manager(str(tmp_path))
     for step in (2, 4):
-        save_ranked(manager, step, {"w": np.zeros((3,), np.float32)}, tiny_config(), 0.5)
+        save_ranked(manager, step, {"w": jax.numpy.zeros((3,))}, tiny_config(), 0.5)
     manager.close()
+    directory = str(tmp_path / "checkpoints")
     (tmp_path / "checkpoints" / "2" / relative).write_text("garbage{")
-    found = damage.unreadable_json(str(tmp_path / "checkpoints"))
+    found = damage.unreadable_json(directory)
     assert list(found) == [2] and f"2/{relative}: Expecting value" in found[2]
+    # A file gone: damage to training, but not to eval.py beside a running training,
+    # whose retention deletes checkpoints file by file.
+    os.remove(tmp_path / "checkpoints" / "4" / relative)
+    required = relative in ("_CHECKPOINT_METADATA", "config/metadata", "state/_METADATA")
+    assert list(damage.unreadable_json(directory)) == ([2, 4] if required else [2])
+    assert list(damage.unreadable_json(directory, missing_is_damage=False)) == [2]
 
 
 def test_a_damaged_metrics_file_is_named_by_eval_and_set_aside_by_training(
@@ -396,6 +410,7 @@ def wait_until(condition, timeout=10):
 
 def test_a_second_signal_says_what_is_happening(caplog):
     with caplog.at_level(logging.WARNING), preemption.Listener() as listener:
+        listener.connected()
         listener.running()
         assert not listener.poll()
         os.kill(os.getpid(), signal.SIGINT)
@@ -405,3 +420,56 @@ def test_a_second_signal_says_what_is_happening(caplog):
         assert listener.poll() and listener.exit_signal == signal.SIGINT
     assert "Interrupt received: stopping" in caplog.text
     assert "Interrupt again: stopping after the step in flight" in caplog.text
+
+
+@pytest.fixture
+def exits(monkeypatch):
+    """os._exit of fcn_jax.preemption, recorded: the status it was given, and SystemExit in
+    its place (which a thread ends with in silence)."""
+    statuses = []
+
+    def exit_(status):
+        statuses.append(status)
+        raise SystemExit(status)
+
+    monkeypatch.setattr(preemption.os, "_exit", exit_)
+    return statuses
+
+
+def test_the_entry_points_listener_ends_the_process_itself(exits):
+    """train.py's listener exits there and then, after the run or its Preempted: the
+    interpreter's shutdown would wait for abandoned device work, handlers gone."""
+    with pytest.raises(SystemExit), preemption.Listener(exit_process=True):
+        raise preemption.Preempted(signal.SIGTERM, 3, "/w/checkpoints/3")
+    with pytest.raises(SystemExit), preemption.Listener(exit_process=True):
+        pass
+    with pytest.raises(ValueError), preemption.Listener(exit_process=True):
+        raise ValueError("bad input: cli.clear_errors prints it")
+    assert exits == [143, 0]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # exits.
+def test_a_signal_while_joining_waits_to_tell_the_others_and_one_after_the_end_exits(exits, caplog):
+    with caplog.at_level(logging.WARNING), preemption.Listener() as listener:
+        os.kill(os.getpid(), signal.SIGTERM)  # Before jax.distributed is joined ...
+        wait_until(lambda: "while joining" in caplog.text)
+        assert exits == []  # ... nothing ends before the others can be told.
+        with pytest.raises(SystemExit):
+            listener.connected()
+    assert exits == [143] and "preempted during start-up, before this run trained" in caplog.text
+
+    with preemption.Listener() as listener:  # A second signal while joining: at once.
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_until(lambda: caplog.text.count("while joining") == 2)
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_until(lambda: len(exits) == 2)
+    assert exits[1] == 130
+
+    with preemption.Listener() as listener:  # After the last poll, until the process exits.
+        listener.connected()
+        listener.running()
+        assert not listener.poll()
+        listener.finished()
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_until(lambda: len(exits) == 3)
+    assert exits[2] == 143 and "preempted after training ended: every step is saved" in caplog.text

@@ -138,9 +138,13 @@ def test_resume_continues_exactly_where_training_stopped(tiny_config, tmp_path):
     train(config, tmp_path / "b")
     a, b = saved_params(tmp_path / "a", 4), saved_params(tmp_path / "b", 4)
     jax.tree.map(np.testing.assert_array_equal, a, b)  # Bitwise, as after kill -9.
-    # TensorBoard shows each step once: the killed run's steps 3 and 4 were dropped.
+    # TensorBoard shows each step once: the killed run's steps 3 and 4 were dropped, and
+    # all of them where it was killed before its first checkpoint.
+    shutil.copytree(tmp_path / "a", tmp_path / "c", ignore=shutil.ignore_patterns("checkpoints"))
+    train(config, tmp_path / "c")
     for tag in ("train/loss", "eval/mean_iou"):
         assert logged_steps(tmp_path / "b", tag) == [2, 4], tag
+        assert logged_steps(tmp_path / "c", tag) == [2, 4], tag
     saved = json.loads((tmp_path / "a" / "checkpoints" / "4" / "config" / "metadata").read_text())
     assert saved["model"]["num_classes"] == config.model.num_classes
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "a"))
