@@ -254,6 +254,7 @@ def test_staged_training_carries_the_statistics(tiny_config, tmp_path):
     assert not np.any(started.params["score_pool4"]["kernel"])  # New in FCN-16s.
 
 
+@pytest.mark.slow  # Learning at all: the plain network's (test_training.py) is enough by default.
 def test_a_bn_network_learns_the_synthetic_shapes(tiny_config):
     config = bn_config(
         tiny_config, model__base_width=8, model__fc_width=32, batch_size=16, num_train_steps=40

@@ -22,8 +22,6 @@ from fcn_jax import checkpointing, cli, sharding, steps
 from tests.conftest import REPO
 from tests.test_init_from import save_tiny_weights, tiny_params
 
-pytestmark = pytest.mark.slow
-
 # The demo config, shrunk to a few tiny steps.
 TINY = [
     "--config=configs/demo.py",
@@ -100,8 +98,14 @@ def test_demo_trains_and_evaluates_through_the_cli(tmp_path):
             "unknown config field 'varaint' (did you mean \"variant\"?)",
         ),
         ("--config.model.variant=fcn9s", "model.variant='fcn9s' is not one of"),
-        ("--config.model.geometry=valid", "model.geometry='valid' is not one of"),
-        ("--config.dataset.image_size=(16,16)", "at least 32 pixels"),
+        pytest.param(
+            "--config.model.geometry=valid",
+            "model.geometry='valid' is not one of",
+            marks=pytest.mark.slow,  # config_lib's checks: tests/test_config.py.
+        ),
+        pytest.param(
+            "--config.dataset.image_size=(16,16)", "at least 32 pixels", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_bad_config_fails_before_anything_runs(tmp_path, flag, message):

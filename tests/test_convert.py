@@ -79,6 +79,7 @@ def test_from_torch_state_dict_matches_reference(variant, at_once):
         assert_differs(flax_logits(params, variant, x, at_once=False), expected)
 
 
+@pytest.mark.slow  # Full width; the narrow ones above check every layer's conversion.
 def test_full_width_fcn8s_matches_reference():
     net = ref.reference_net("fcn8s", base_width=64, fc_width=4096, seed=5)
     params = convert.from_torch_state_dict(net.state_dict(), "fcn8s")

@@ -2,7 +2,6 @@
 devices (parameters FSDP-sharded), frozen BatchNorm, inference, and learning."""
 
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ from fcn_jax import (
 )
 from fcn_jax.normalization import normalize
 from tests.test_batch_norm import assert_trained_alike
-from tests.test_training import saved_params, train, train_steps
+from tests.test_training import train, train_steps
 
 
 def resnet_config(tiny_config, **overrides):
@@ -49,7 +48,6 @@ def train_from(config, num_devices, start, num_steps):
     return jax.device_get(state), first, programs
 
 
-@pytest.mark.slow
 def test_1_or_8_fsdp_devices_train_alike_with_adam_on_the_loss_with_its_auxiliary_term(
     tiny_config,
 ):
@@ -131,19 +129,12 @@ def test_a_narrow_resnet_fcn_learns_the_synthetic_shapes(tiny_config):
     assert np.mean(losses_[-5:]) < 0.7 * np.mean(losses_[:5]), losses_
 
 
-def test_checkpoints_resume_and_restore_onto_another_mesh(tiny_config, tmp_path):
-    """The whole-run path with a ResNet: train with checkpoints, resume bitwise after a
-    lost checkpoint, and evaluate the checkpoint on a model-sharded 4x2 mesh."""
+def test_checkpoints_restore_onto_another_mesh(tiny_config, tmp_path):
+    """The whole-run path with a ResNet: train with checkpoints, and evaluate the checkpoint
+    on a model-sharded 4x2 mesh. (Resuming BatchNorm statistics bitwise:
+    tests/test_batch_norm.py.)"""
     config = resnet_config(tiny_config, num_train_steps=2, checkpoint_every_steps=1)
     result = train(config, tmp_path / "a")
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    shutil.rmtree(tmp_path / "b" / "checkpoints" / "2")
-    train(config, tmp_path / "b")
-    jax.tree.map(
-        np.testing.assert_array_equal,
-        saved_params(tmp_path / "a", 2),
-        saved_params(tmp_path / "b", 2),
-    )
     other = resnet_config(tiny_config, mesh__shape=(4, 2), mesh__param_sharding="fsdp")
     restored_result, restored = evaluation.evaluate_checkpoint(
         other, str(tmp_path / "a"), "latest", str(tmp_path / "report.json")

@@ -42,7 +42,12 @@ def run_steps(config, mesh, num_steps=2):
 
 @pytest.mark.parametrize(
     "mesh_shape, rules",
-    [((8, 1), "replicated"), ((4, 2), "model"), ((8, 1), "fsdp")],
+    [
+        # Replicated data parallelism: also the 1-vs-8 BatchNorm tests (test_batch_norm.py).
+        pytest.param((8, 1), "replicated", marks=pytest.mark.slow),
+        ((4, 2), "model"),
+        ((8, 1), "fsdp"),
+    ],
 )
 def test_sharded_train_steps_match_one_device(tiny_config, mesh_shape, rules):
     config = tiny_config(mesh__param_sharding=rules)
@@ -361,6 +366,7 @@ def test_float16_dynamic_loss_scale_skips_overflows_halves_and_resumes_bitwise(
     manager.close()
 
 
+@pytest.mark.slow  # The scaled arithmetic is the dynamic scale's test's, less its backoff.
 def test_a_static_loss_scale_is_exact_on_float32_steps(tiny_config):
     """MindSpore's fixed scale (1024): the loss times it, the gradients divided by it, every
     step applied; a power of 2 changes no float32 gradient, so the step is the unscaled one."""

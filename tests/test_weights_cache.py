@@ -303,7 +303,6 @@ print(json.dumps({{"folder": init_from.local("{NAME}")[0], "sum": total}}))
 """
 
 
-@pytest.mark.slow
 def test_two_processes_of_a_run_download_and_convert_once(server, cache_root, monkeypatch):
     """Two jax.distributed processes on one shared cache: one fetches and converts (its
     orbax save is its own, not a collective), the other waits; both restore the result."""
