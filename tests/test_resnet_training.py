@@ -129,10 +129,10 @@ def test_a_narrow_resnet_fcn_learns_the_synthetic_shapes(tiny_config):
     assert np.mean(losses_[-5:]) < 0.7 * np.mean(losses_[:5]), losses_
 
 
+@pytest.mark.slow  # The same path for VGG and VGG-BN: test_training.py, test_batch_norm.py.
 def test_checkpoints_restore_onto_another_mesh(tiny_config, tmp_path):
     """The whole-run path with a ResNet: train with checkpoints, and evaluate the checkpoint
-    on a model-sharded 4x2 mesh. (Resuming BatchNorm statistics bitwise:
-    tests/test_batch_norm.py.)"""
+    on a model-sharded 4x2 mesh."""
     config = resnet_config(tiny_config, num_train_steps=2, checkpoint_every_steps=1)
     result = train(config, tmp_path / "a")
     other = resnet_config(tiny_config, mesh__shape=(4, 2), mesh__param_sharding="fsdp")

@@ -43,10 +43,11 @@ def run_steps(config, mesh, num_steps=2):
 @pytest.mark.parametrize(
     "mesh_shape, rules",
     [
-        # Replicated data parallelism: also the 1-vs-8 BatchNorm tests (test_batch_norm.py).
+        # Replicated data parallelism: also the 1-vs-8 BatchNorm tests (test_batch_norm.py);
+        # FSDP: also the ResNet one (test_resnet_training.py).
         pytest.param((8, 1), "replicated", marks=pytest.mark.slow),
         ((4, 2), "model"),
-        ((8, 1), "fsdp"),
+        pytest.param((8, 1), "fsdp", marks=pytest.mark.slow),
     ],
 )
 def test_sharded_train_steps_match_one_device(tiny_config, mesh_shape, rules):
