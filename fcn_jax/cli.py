@@ -163,22 +163,25 @@ def _last_overrides_win(argv: list[str]) -> list[str]:
     (``--config.mesh.shape=(1,1) --config.mesh.shape=(-1,1)`` would be (1, 1, -1, 1));
     as for every other flag, the last one counts."""
 
-    # An override is one argument (--config.x=v) or two (--config.x v): absl's two forms.
+    # An override is one argument (--config.x=v) or two (--config.x v), with one dash or
+    # two: absl's forms.
+    def field(arg: str) -> str | None:
+        return arg.lstrip("-").split("=", 1)[0] if re.match(r"--?config\.", arg) else None
+
     overrides, i = [], 0
     while i < len(argv):
         arg = argv[i]
-        paired = arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv)
+        paired = field(arg) is not None and "=" not in arg and i + 1 < len(argv)
         paired = paired and not re.match(r"--?[A-Za-z_]", argv[i + 1])  # Not a flag.
         overrides.append(argv[i : i + 1 + paired])
         i += 1 + paired
 
-    def field(override: list[str]) -> str | None:
-        arg = override[0]
-        return arg.split("=", 1)[0] if arg.startswith("--config.") else None
-
-    last = {field(o): i for i, o in enumerate(overrides) if field(o)}
+    last = {field(o[0]): i for i, o in enumerate(overrides) if field(o[0])}
     return [
-        a for i, o in enumerate(overrides) if field(o) is None or last[field(o)] == i for a in o
+        a
+        for i, o in enumerate(overrides)
+        if field(o[0]) is None or last[field(o[0])] == i
+        for a in o
     ]
 
 

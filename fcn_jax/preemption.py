@@ -84,6 +84,7 @@ class Listener:
         self._stop_at: int | None = None
         self._poll_lock = threading.Lock()  # Held while the processes agree.
         self._pending = False  # A signal reached this process; its agreement may follow.
+        self._received: int | None = None  # That signal, as the main thread saw it.
         self._agreed = threading.Event()
         self._notice_lock = threading.Lock()
         self._closing = threading.Event()
@@ -103,8 +104,13 @@ class Listener:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        if self._exit_process and (exc is None or isinstance(exc, Preempted)):
-            self._leave(0 if exc is None else exc.exit_code)
+        try:
+            if self._exit_process and (exc is None or isinstance(exc, Preempted)):
+                self._leave(0 if exc is None else exc.exit_code)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         self._closing.set()
         with contextlib.suppress(BlockingIOError):  # Full: the reader is awake anyway.
             os.write(self._wake_write, b"\0")  # Wakes the signal reader: 0 is no signal.
@@ -171,8 +177,9 @@ class Listener:
     def _handle(self, signum, frame) -> None:
         """Python's handler, run by the main thread between two bytecodes: notes that the
         next poll must wait for the agreement, which the signal reader thread makes."""
-        del signum, frame
+        del frame
         self._pending = True
+        self._received = self._received or signum
 
     # -- the threads' side -------------------------------------------------------------
     def _coordination(self):
@@ -220,8 +227,8 @@ class Listener:
     def _take_notice(self, signum: int, here: bool) -> None:
         with self._notice_lock:
             if not self._connected:
-                if self._deferred is not None:
-                    self.signum = signum
+                if self._deferred is not None:  # The first signal's status, as everywhere.
+                    self.signum = self._deferred
                     self._exit_now("while joining the other processes", together=False)
                 self._deferred = signum
                 logging.warning(
@@ -290,8 +297,8 @@ class Listener:
             self._end(128 + self.exit_signal, together)
 
     def _leave(self, code: int) -> None:
-        """The main thread's way out, after the run or its Preempted; a notice meanwhile
-        finds the exit taken and the process leaving with ``code``."""
+        """The main thread's way out, after the run or its Preempted. A notice meanwhile
+        finds the exit taken, and the process leaves with 128 + its signal."""
         self.finished()  # Locks in the order the agreement takes them: poll, then exit.
         with self._exit_lock:
             self._end(code, together=True)
@@ -302,6 +309,11 @@ class Listener:
 
             jax.distributed.shutdown()
         logging.flush()
+        late = self.signum or self._received  # (The flushes ran any pending handler.)
+        if code == 0 and late:  # A signal as a finished run leaves: its status all the same.
+            logging.warning("preempted %s; run the same command to resume", _FINISHED)
+            logging.flush()
+            code = 128 + late
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -225,9 +225,13 @@ def test_abandoned_checkpoint_reads_are_quiet_and_other_lost_errors_are_not(tmp_
 
 
 def test_entry_points_say_nothing_twice_and_nothing_that_is_fine(capsys):
-    """Ctrl-C in eval.py is one line and 130; orbax's warnings about what fcn_jax meant
-    (eval.py's read-only manager) are not shown, its others are; the reads of a failed
-    restore that nobody awaits go to debug, other lost errors do not."""
+    """A repeated override is said once; Ctrl-C in eval.py is one line and 130; orbax's
+    warnings about what fcn_jax meant (eval.py's read-only manager) are not shown, its
+    others are; the reads of a failed restore that nobody awaits go to debug, other lost
+    errors do not."""
+    # The last of a repeated override wins, in each of absl's forms.
+    argv = ["train.py", "-config.mesh.shape=(2,2)", "--config.mesh.shape", "(-1,1)", "-w", "d"]
+    assert cli._last_overrides_win(argv) == ["train.py", "--config.mesh.shape", "(-1,1)", "-w", "d"]
     with pytest.raises(SystemExit) as e, cli.clear_errors():
         raise KeyboardInterrupt
     assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"

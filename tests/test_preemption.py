@@ -473,3 +473,22 @@ def test_a_signal_while_joining_waits_to_tell_the_others_and_one_after_the_end_e
         os.kill(os.getpid(), signal.SIGTERM)
         wait_until(lambda: len(exits) == 3)
     assert exits[2] == 143 and "preempted after training ended: every step is saved" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # exits.
+def test_a_signal_as_a_finished_run_leaves_is_its_exit_status(exits, monkeypatch, caplog):
+    """The main thread is leaving (after the run, the exit taken) when the signal comes:
+    the process says so and exits 128 + the signal, as every other process told does."""
+    flush, sent = preemption.logging.flush, []
+
+    def flush_then_signal():
+        flush()
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(SystemExit), preemption.Listener(exit_process=True) as listener:
+            listener.connected()
+            monkeypatch.setattr(preemption.logging, "flush", flush_then_signal)
+    assert exits[0] == 143 and set(exits) == {143}
+    assert "preempted after training ended: every step is saved" in caplog.text
