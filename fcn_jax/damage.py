@@ -76,27 +76,31 @@ def unreadable_json(directory: str, missing_is_damage: bool = True) -> dict[int,
     deletes checkpoints while they are looked at)."""
     found = {}
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
-        if not name.isdigit():
-            continue
-        step = os.path.join(directory, name)
-        paths = [(os.path.join(step, p), required) for p, required in _JSON_FILES.items()]
-        paths += [
-            (p, True) for pattern in _JSON_PATTERNS for p in glob.glob(os.path.join(step, pattern))
-        ]
-        for path, required in paths:
-            if not (required and missing_is_damage) and not os.path.exists(path):
-                continue
-            try:
-                with open(path) as f:
-                    json.load(f)
-            except FileNotFoundError:
-                if missing_is_damage:
-                    found[int(name)] = f"{path}: missing"
-                    break
-            except (OSError, ValueError) as e:
-                found[int(name)] = f"{path}: {_reason(e)}"
-                break
+        if name.isdigit():
+            why = _json_damage(os.path.join(directory, name), missing_is_damage)
+            if why:
+                found[int(name)] = why
     return found
+
+
+def _json_damage(step_dir: str, missing_is_damage: bool = True) -> str | None:
+    """Why a JSON file of the checkpoint in ``step_dir`` cannot be read (None: they all can)."""
+    paths = [(os.path.join(step_dir, p), required) for p, required in _JSON_FILES.items()]
+    paths += [
+        (p, True) for pattern in _JSON_PATTERNS for p in glob.glob(os.path.join(step_dir, pattern))
+    ]
+    for path, required in paths:
+        if not (required and missing_is_damage) and not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                json.load(f)
+        except FileNotFoundError:
+            if missing_is_damage:
+                return f"{path}: missing"
+        except (OSError, ValueError) as e:
+            return f"{path}: {_reason(e)}"
+    return None
 
 
 def unreadable(directory: str, step: int) -> str | None:
@@ -106,7 +110,7 @@ def unreadable(directory: str, step: int) -> str | None:
     path = os.path.join(directory, str(step))
     if not os.path.isdir(path):
         raise CheckpointVanishedError(_vanished(directory, step))
-    why = unreadable_json(directory).get(step)
+    why = _json_damage(path)
     if why:
         if not os.path.isdir(path):  # Files gone as retention deletes the folder.
             raise CheckpointVanishedError(_vanished(directory, step))
@@ -210,7 +214,7 @@ def _attempt(manager, step: int, restore: Callable[[int], object]):
     directory, why = str(manager.directory), None
     if error is not None and unreadable(directory, step) is not None:
         # A JSON file that does not parse, by its name; else the reader's own words.
-        why = unreadable_json(directory).get(step) or _reason(error)
+        why = _json_damage(os.path.join(directory, str(step))) or _reason(error)
     if not _everywhere(why is None):
         return None, why or "another process could not read it"
     if error is not None:  # The files read back: not damage.

@@ -54,9 +54,10 @@ class _Progress:
 
 def _check_finite(step: int, step_metrics, manager) -> None:
     """Raises if the step's loss, or the parameters it produced, are not finite."""
-    values = jax.device_get({k: step_metrics[k] for k in ("loss", "param_norm")})
+    names = ("loss", "param_norm", "overflow_steps")
+    values = jax.device_get({k: step_metrics[k] for k in names if k in step_metrics})
     # A step that a dynamic loss scale skipped changed nothing: its loss says nothing.
-    skipped = bool(jax.device_get(step_metrics.get("overflow_steps", 0.0)))
+    skipped = bool(values.get("overflow_steps", 0.0))
     if np.isfinite(values["param_norm"]) and (skipped or np.isfinite(values["loss"])):
         return
     manager.wait_until_finished()
